@@ -1,0 +1,257 @@
+//! The `scriptbox` command line: argument parsing, output, exit codes.
+//!
+//! All real work lives in the library; this file only turns arguments into
+//! library calls and results into bytes on stdout/stderr and an exit code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rayon::prelude::*;
+
+use scriptbox::report;
+use scriptbox::stack::PARSE_STACK_BYTES;
+use scriptbox::target::TargetPython;
+use scriptbox::validate::{ValidateOptions, Verdict, validate_file};
+
+/// Exit code for bad arguments or an unusable environment (same as unusable input).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "scriptbox", version, about = "Validate, build environments for, and sandbox user Python scripts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Find every dependency of Python scripts without running them.
+    ///
+    /// Exit status: 0 every required dependency is present, 1 something
+    /// required is missing, 2 the input is unusable (unreadable, undecodable,
+    /// syntax error, bad inline metadata, bad arguments). With several files,
+    /// the highest status wins.
+    Validate(ValidateArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// A report for people, with the exact pip command for what is missing.
+    Text,
+    /// One JSON object per script (JSON Lines), schema `scriptbox.validate/1`.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ValidateArgs {
+    /// Scripts, or directories searched recursively for `*.py` files.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+
+    /// Target environment: an interpreter, a venv directory, or a command on PATH.
+    #[arg(long, value_name = "PYTHON", default_value = "python3", conflicts_with = "python_version")]
+    python: String,
+
+    /// Validate against a bare CPython X.Y with nothing installed, instead of an interpreter.
+    #[arg(long, value_name = "X.Y")]
+    python_version: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+
+    /// Largest script accepted, in bytes (suffixes K, M, G allowed).
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    max_size: u64,
+
+    /// Do not treat modules beside a script as local (for scripts that run alone).
+    #[arg(long)]
+    no_sibling_modules: bool,
+
+    /// Parallel jobs for many scripts (default: number of cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, multiplier) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("expected a size like 4096, 512K or 16M, got '{text}'"))
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => run_validate(args),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SCRIPTBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Cache directory: `$SCRIPTBOX_CACHE_DIR`, else `$XDG_CACHE_HOME/scriptbox`,
+/// else `~/.cache/scriptbox`.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SCRIPTBOX_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("scriptbox"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("scriptbox"))
+}
+
+/// A script to validate, or a path that could not even be listed.
+enum Input {
+    Script(PathBuf),
+    Unlistable(PathBuf, String),
+}
+
+fn collect_inputs(paths: &[PathBuf]) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            // Files, and paths that do not exist (reported when read).
+            inputs.push(Input::Script(path.clone()));
+            continue;
+        }
+        let walker = walkdir::WalkDir::new(path)
+            .follow_links(false)
+            .sort_by_file_name();
+        for entry in walker {
+            match entry {
+                Ok(e) => {
+                    if e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "py") {
+                        inputs.push(Input::Script(e.into_path()));
+                    }
+                }
+                Err(err) => {
+                    let at = err.path().unwrap_or(path).to_path_buf();
+                    let reason = err
+                        .io_error()
+                        .map_or_else(|| err.to_string(), |io| io.to_string());
+                    inputs.push(Input::Unlistable(at, format!("cannot list directory: {reason}")));
+                }
+            }
+        }
+    }
+    inputs
+}
+
+/// What one input produced: the bytes for stdout, an optional stderr line, a verdict.
+struct Rendered {
+    stdout: String,
+    stderr: Option<String>,
+    verdict: Verdict,
+}
+
+fn render(input: &Input, target: &TargetPython, options: &ValidateOptions, format: Format) -> Rendered {
+    let failure = |path: &Path, message: String| Rendered {
+        stdout: match format {
+            Format::Json => report::error_to_json(path, &message) + "\n",
+            Format::Text => String::new(),
+        },
+        stderr: Some(format!("scriptbox: error: {}: {message}", path.display())),
+        verdict: Verdict::Invalid,
+    };
+    match input {
+        Input::Unlistable(path, message) => failure(path, message.clone()),
+        Input::Script(path) => match validate_file(path, target, options) {
+            Ok(report) => Rendered {
+                stdout: match format {
+                    Format::Json => report::to_json(&report) + "\n",
+                    Format::Text => report::to_text(&report),
+                },
+                stderr: None,
+                verdict: report.verdict(),
+            },
+            Err(e) => failure(path, e.to_string()),
+        },
+    }
+}
+
+fn run_validate(args: ValidateArgs) -> ExitCode {
+    let target = match &args.python_version {
+        Some(version) => TargetPython::bare(version),
+        None => TargetPython::from_interpreter(&args.python, cache_dir().as_deref()),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("scriptbox: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if !scriptbox::stdlib::has_table(target.minor) {
+        tracing::warn!(
+            "no standard-library table for Python 3.{}; using the nearest one",
+            target.minor
+        );
+    }
+    let options = ValidateOptions {
+        max_script_bytes: args.max_size,
+        sibling_modules: !args.no_sibling_modules,
+    };
+    let inputs = collect_inputs(&args.paths);
+
+    let mut worst = Verdict::Ok;
+    let stdout = std::io::stdout();
+    let mut emit = |r: Rendered| {
+        let mut out = stdout.lock();
+        // A closed pipe (e.g. `| head`) is not an error worth reporting.
+        let _ = out.write_all(r.stdout.as_bytes());
+        if let Some(line) = r.stderr {
+            let _ = out.flush();
+            eprintln!("{line}");
+        }
+        worst = worst.max(r.verdict);
+    };
+    if inputs.len() == 1 {
+        emit(render(&inputs[0], &target, &options, args.format));
+    } else {
+        let mut pool = rayon::ThreadPoolBuilder::new().stack_size(PARSE_STACK_BYTES);
+        if let Some(jobs) = args.jobs {
+            pool = pool.num_threads(jobs);
+        }
+        let pool = match pool.build() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("scriptbox: error: cannot start worker threads: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        // Rendered in parallel, written in input order, so output is reproducible.
+        let rendered: Vec<Rendered> = pool.install(|| {
+            inputs
+                .par_iter()
+                .map(|input| render(input, &target, &options, args.format))
+                .collect()
+        });
+        let many_text = args.format == Format::Text;
+        for (i, r) in rendered.into_iter().enumerate() {
+            if many_text && i > 0 && !r.stdout.is_empty() {
+                let _ = stdout.lock().write_all(b"\n");
+            }
+            emit(r);
+        }
+    }
+    ExitCode::from(worst.exit_code() as u8)
+}

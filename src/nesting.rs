@@ -1,0 +1,110 @@
+//! A bound on how deeply a script nests, checked before the recursive parser runs.
+//!
+//! ruff's parser and AST walk recurse once per nesting level, and each level
+//! costs about 1 KiB of AST, so a 16 MiB file of `-------1` would exhaust any
+//! stack and gigabytes of memory. CPython refuses such files too (200 nested
+//! brackets in its tokenizer, a recursion limit in its parser and compiler),
+//! so refusing them loses nothing a script could use. The estimate comes from
+//! ruff's lexer, which is iterative: brackets, f-strings and indentation open
+//! levels, and operators and keywords deepen the current level until a comma
+//! or the end of a logical line (left-deep chains like `a+b+c` and unary
+//! chains like `not not x` nest in the AST without any bracket).
+
+use ruff_python_ast::token::TokenKind;
+use ruff_python_parser::Mode;
+
+/// Deepest nesting accepted: far beyond anything CPython compiles, well
+/// within what [`crate::stack::PARSE_STACK_BYTES`] parses (3 million levels
+/// were measured to fit).
+pub const MAX_NESTING: u64 = 100_000;
+
+/// A script nests deeper than [`MAX_NESTING`]. (ruff's lexer does not expose
+/// token positions publicly, so the place is not reported.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep;
+
+/// Returns an error when any token nests deeper than [`MAX_NESTING`].
+pub fn check_nesting(source: &str) -> Result<(), TooDeep> {
+    let mut lexer = ruff_python_parser::lexer::lex(source, Mode::Module);
+    // Chain lengths of the enclosing levels, and their sum.
+    let mut enclosing: Vec<u64> = Vec::new();
+    let mut enclosing_sum: u64 = 0;
+    let mut chain: u64 = 0;
+    let mut indent: u64 = 0;
+    loop {
+        let kind = lexer.next_token();
+        match kind {
+            TokenKind::EndOfFile => return Ok(()),
+            TokenKind::Lpar
+            | TokenKind::Lsqb
+            | TokenKind::Lbrace
+            | TokenKind::FStringStart
+            | TokenKind::TStringStart => {
+                enclosing.push(chain);
+                enclosing_sum += chain;
+                chain = 0;
+            }
+            TokenKind::Rpar
+            | TokenKind::Rsqb
+            | TokenKind::Rbrace
+            | TokenKind::FStringEnd
+            | TokenKind::TStringEnd => match enclosing.pop() {
+                // A closed group keeps its place in the parent's chain:
+                // `f()()()` nests three calls deep.
+                Some(parent) => {
+                    enclosing_sum -= parent;
+                    chain = parent + 1;
+                }
+                None => chain = 0,
+            },
+            TokenKind::Comma | TokenKind::Semi | TokenKind::Newline => chain = 0,
+            TokenKind::Indent => indent += 1,
+            TokenKind::Dedent => indent = indent.saturating_sub(1),
+            k if k.is_operator() || k.is_keyword() => chain += 1,
+            _ => continue,
+        }
+        let depth = enclosing.len() as u64 + enclosing_sum + chain + indent;
+        if depth > MAX_NESTING {
+            return Err(TooDeep);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_code_passes() {
+        let src = "import os\ndata = [-1, -2, -3] * 3\nx = f()()[0].a.b\nif x:\n    y = {'a': 1}\n";
+        assert_eq!(check_nesting(src), Ok(()));
+    }
+
+    #[test]
+    fn flat_literals_do_not_count_as_depth() {
+        let items: Vec<String> = (0..200_000).map(|i| format!("-{i}")).collect();
+        let src = format!("data = [{}]\n", items.join(", "));
+        assert_eq!(check_nesting(&src), Ok(()));
+    }
+
+    #[test]
+    fn each_kind_of_deep_nesting_is_caught() {
+        let n = MAX_NESTING as usize + 10;
+        for src in [
+            format!("x = {}1{}\n", "(".repeat(n), ")".repeat(n)),
+            format!("x = {}1\n", "-".repeat(n)),
+            format!("x = {}1\n", "not ".repeat(n)),
+            format!("x = {}\n", vec!["1"; n].join("+")),
+            format!("x = f{}\n", "()".repeat(n)),
+            format!("x = a{}\n", ".b".repeat(n)),
+        ] {
+            assert!(check_nesting(&src).is_err(), "{}", &src[..20]);
+        }
+    }
+
+    #[test]
+    fn ten_thousand_levels_pass() {
+        let src = format!("x = {}1{}\n", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(check_nesting(&src), Ok(()));
+    }
+}
