@@ -101,14 +101,22 @@ mod tests {
                 found.default
             );
         }
-        assert!(lookup("PIL.Image").unwrap().default.eq_ignore_ascii_case("pillow"));
+        assert!(
+            lookup("PIL.Image")
+                .unwrap()
+                .default
+                .eq_ignore_ascii_case("pillow")
+        );
     }
 
     #[test]
     fn alternatives_and_dotted_prefixes() {
         let binance = lookup("binance.client").unwrap();
         assert!(binance.alternatives.contains(&"binance-connector"));
-        assert_eq!(lookup("google.protobuf.message").unwrap().default, "protobuf");
+        assert_eq!(
+            lookup("google.protobuf.message").unwrap().default,
+            "protobuf"
+        );
         assert_eq!(
             lookup("azure.storage.blob").unwrap().default,
             "azure-storage-blob"
@@ -118,7 +126,19 @@ mod tests {
 
     #[test]
     fn placeholders_are_never_guessed() {
-        for name in ["sklearn", "jwt", "attr", "serial", "dotenv", "bs4", "docx", "telegram", "kafka", "websocket", "binance"] {
+        for name in [
+            "sklearn",
+            "jwt",
+            "attr",
+            "serial",
+            "dotenv",
+            "bs4",
+            "docx",
+            "telegram",
+            "kafka",
+            "websocket",
+            "binance",
+        ] {
             assert!(never_guess(name), "{name} must be in no_guess.tsv");
         }
         assert!(!never_guess("pandas"));

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 
 use ruff_python_ast::visitor::{self, Visitor};
-use ruff_python_ast::{self as ast, Expr, ExceptHandler, PythonVersion, Stmt};
+use ruff_python_ast::{self as ast, ExceptHandler, Expr, PythonVersion, Stmt};
 use ruff_python_parser::{Mode, ParseOptions};
 use ruff_source_file::LineIndex;
 use ruff_text_size::{Ranged, TextSize};
@@ -296,8 +296,13 @@ impl Collector {
                 Callee::ImportlibAttr(name) => self.importlib_names.contains(name),
             };
             if is_import {
-                self.found
-                    .push((call.module, Vec::new(), call.offset, call.kind, ImportForm::Dynamic));
+                self.found.push((
+                    call.module,
+                    Vec::new(),
+                    call.offset,
+                    call.kind,
+                    ImportForm::Dynamic,
+                ));
             }
         }
         self.found.sort_by_key(|f| f.2);
@@ -331,7 +336,8 @@ impl Collector {
         let kind = self.kind();
         match &*call.func {
             Expr::Name(n) if n.id.as_str() == "__import__" => {
-                self.found.push((module, Vec::new(), at, kind, ImportForm::Dynamic));
+                self.found
+                    .push((module, Vec::new(), at, kind, ImportForm::Dynamic));
             }
             Expr::Name(n) => self.pending.push(PendingCall {
                 callee: Callee::Name(n.id.to_string()),
@@ -383,9 +389,7 @@ fn is_module_path(s: &str) -> bool {
     !rest.is_empty()
         && rest.split('.').all(|part| {
             let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c == '_' || c.is_alphabetic())
+            chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
                 && chars.all(|c| c == '_' || c.is_alphanumeric())
         })
 }
@@ -432,7 +436,12 @@ impl<'a> Visitor<'a> for Collector {
                 for alias in &import.names {
                     let module = alias.name.id.to_string();
                     self.bind_import(&module, alias);
-                    self.record(module, Vec::new(), alias.range().start(), ImportForm::Import);
+                    self.record(
+                        module,
+                        Vec::new(),
+                        alias.range().start(),
+                        ImportForm::Import,
+                    );
                 }
             }
             Stmt::ImportFrom(from) => {
@@ -732,7 +741,9 @@ if True:
         );
         assert_eq!(
             modules_with_kind(src, ImportKind::Required),
-            ["sys", "os", "platform", "typing", "typing", "runtime1", "runtime2", "plain"]
+            [
+                "sys", "os", "platform", "typing", "typing", "runtime1", "runtime2", "plain"
+            ]
         );
     }
 
@@ -755,7 +766,11 @@ if True:
     #[test]
     fn version_specific_syntax() {
         let src = "import pandas\nrow = {}\nprint(f\"{row[\"close\"]}\")\n";
-        assert!(scan_source(src, PythonVersion::PY312).syntax_errors.is_empty());
+        assert!(
+            scan_source(src, PythonVersion::PY312)
+                .syntax_errors
+                .is_empty()
+        );
         let old = scan_source(src, PythonVersion::PY311);
         assert_eq!(old.syntax_errors.len(), 1, "{:?}", old.syntax_errors);
         assert_eq!(old.syntax_errors[0].line, 3);

@@ -54,7 +54,9 @@ pub struct InlineRequirement {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
     /// `# /// script` with no closing `# ///`.
-    #[error("line {line}: inline script metadata block opened here is never closed (expected a '# ///' line)")]
+    #[error(
+        "line {line}: inline script metadata block opened here is never closed (expected a '# ///' line)"
+    )]
     Unclosed {
         /// Line of the opener.
         line: u32,
@@ -84,7 +86,9 @@ pub enum MetadataError {
         message: String,
     },
     /// A dependency names a URL, VCS checkout or path.
-    #[error("line {line}: dependency '{requirement}' is a direct URL/VCS/path reference; only names with version specifiers from the package index are allowed")]
+    #[error(
+        "line {line}: dependency '{requirement}' is a direct URL/VCS/path reference; only names with version specifiers from the package index are allowed"
+    )]
     DirectReference {
         /// Script line.
         line: u32,
@@ -102,7 +106,9 @@ pub enum MetadataError {
         message: String,
     },
     /// A `[tool.*]` table would redirect installs.
-    #[error("line {line}: '{key}' would redirect package installs; scripts cannot choose indexes or sources (remove it)")]
+    #[error(
+        "line {line}: '{key}' would redirect package installs; scripts cannot choose indexes or sources (remove it)"
+    )]
     RedirectingTool {
         /// Script line of the table.
         line: u32,
@@ -145,7 +151,8 @@ pub fn parse_inline_metadata(source: &str) -> Result<Option<InlineMetadata>, Met
     let Some(block) = find_block(source)? else {
         return Ok(None);
     };
-    let line_of = |offset: usize| block.line + 1 + block.toml[..offset].matches('\n').count() as u32;
+    let line_of =
+        |offset: usize| block.line + 1 + block.toml[..offset].matches('\n').count() as u32;
     let raw: RawMetadata = toml::from_str(&block.toml).map_err(|e| MetadataError::Toml {
         line: e.span().map_or(block.line, |s| line_of(s.start)),
         message: e.message().trim().to_string(),
@@ -290,13 +297,18 @@ mod tests {
 
     #[test]
     fn no_block_is_fine() {
-        assert!(parse_inline_metadata("import os\n# /// other\n# ///\n").unwrap().is_none());
+        assert!(
+            parse_inline_metadata("import os\n# /// other\n# ///\n")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn unclosed_and_duplicate_blocks() {
         assert_eq!(
-            parse_inline_metadata("x = 1\n# /// script\n# dependencies = []\nimport os\n").unwrap_err(),
+            parse_inline_metadata("x = 1\n# /// script\n# dependencies = []\nimport os\n")
+                .unwrap_err(),
             MetadataError::Unclosed { line: 2 }
         );
         let two = "# /// script\n# ///\nx = 1\n# /// script\n# ///\n";

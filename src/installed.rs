@@ -178,14 +178,14 @@ impl InstalledIndex {
                 let rel = relative_to_site(site, meta, &paths);
                 modules = modules_from_paths(rel.iter().map(String::as_str));
             }
-            if modules.roots.is_empty() {
-                if let Some(tops) = read_lines(&meta.join("top_level.txt")) {
-                    modules.roots.extend(
-                        tops.into_iter()
-                            .map(|t| t.trim().replace('/', "."))
-                            .filter(|t| !t.is_empty()),
-                    );
-                }
+            if modules.roots.is_empty()
+                && let Some(tops) = read_lines(&meta.join("top_level.txt"))
+            {
+                modules.roots.extend(
+                    tops.into_iter()
+                        .map(|t| t.trim().replace('/', "."))
+                        .filter(|t| !t.is_empty()),
+                );
             }
         }
         if modules.roots.is_empty() && modules.namespaces.is_empty() {
@@ -222,9 +222,7 @@ fn module_name_of_entry(name: &str) -> Option<&str> {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c == '_' || c.is_alphabetic())
+    chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
         && chars.all(|c| c == '_' || c.is_alphanumeric())
 }
 

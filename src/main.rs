@@ -19,7 +19,11 @@ use scriptbox::validate::{ValidateOptions, Verdict, validate_file};
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "scriptbox", version, about = "Validate, build environments for, and sandbox user Python scripts")]
+#[command(
+    name = "scriptbox",
+    version,
+    about = "Validate, build environments for, and sandbox user Python scripts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,7 +55,12 @@ struct ValidateArgs {
     paths: Vec<PathBuf>,
 
     /// Target environment: an interpreter, a venv directory, or a command on PATH.
-    #[arg(long, value_name = "PYTHON", default_value = "python3", conflicts_with = "python_version")]
+    #[arg(
+        long,
+        value_name = "PYTHON",
+        default_value = "python3",
+        conflicts_with = "python_version"
+    )]
     python: String,
 
     /// Validate against a bare CPython X.Y with nothing installed, instead of an interpreter.
@@ -100,7 +109,8 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SCRIPTBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("SCRIPTBOX_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -133,13 +143,18 @@ fn collect_inputs(paths: &[PathBuf]) -> Vec<Input> {
             inputs.push(Input::Script(path.clone()));
             continue;
         }
+        let before = inputs.len();
         let walker = walkdir::WalkDir::new(path)
             .follow_links(false)
             .sort_by_file_name();
         for entry in walker {
             match entry {
                 Ok(e) => {
-                    if e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "py") {
+                    // Symlinked scripts are read through the link (a broken
+                    // link is reported as unreadable, not skipped).
+                    let kind = e.file_type();
+                    let is_py = e.path().extension().is_some_and(|x| x == "py");
+                    if is_py && (kind.is_file() || kind.is_symlink()) {
                         inputs.push(Input::Script(e.into_path()));
                     }
                 }
@@ -148,9 +163,18 @@ fn collect_inputs(paths: &[PathBuf]) -> Vec<Input> {
                     let reason = err
                         .io_error()
                         .map_or_else(|| err.to_string(), |io| io.to_string());
-                    inputs.push(Input::Unlistable(at, format!("cannot list directory: {reason}")));
+                    inputs.push(Input::Unlistable(
+                        at,
+                        format!("cannot list directory: {reason}"),
+                    ));
                 }
             }
+        }
+        if inputs.len() == before {
+            inputs.push(Input::Unlistable(
+                path.clone(),
+                "directory holds no *.py files (expected Python scripts)".into(),
+            ));
         }
     }
     inputs
@@ -163,7 +187,12 @@ struct Rendered {
     verdict: Verdict,
 }
 
-fn render(input: &Input, target: &TargetPython, options: &ValidateOptions, format: Format) -> Rendered {
+fn render(
+    input: &Input,
+    target: &TargetPython,
+    options: &ValidateOptions,
+    format: Format,
+) -> Rendered {
     let failure = |path: &Path, message: String| Rendered {
         stdout: match format {
             Format::Json => report::error_to_json(path, &message) + "\n",

@@ -28,7 +28,9 @@ pub fn normalize_distribution(name: &str) -> String {
 
 /// Case-insensitive order, as the seed's messages list packages.
 pub fn cmp_case_insensitive(a: &str, b: &str) -> Ordering {
-    a.to_lowercase().cmp(&b.to_lowercase()).then_with(|| a.cmp(b))
+    a.to_lowercase()
+        .cmp(&b.to_lowercase())
+        .then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
@@ -38,8 +40,14 @@ mod tests {
     #[test]
     fn pep503() {
         assert_eq!(normalize_distribution("PyYAML"), "pyyaml");
-        assert_eq!(normalize_distribution("alpaca_trade_api"), "alpaca-trade-api");
+        assert_eq!(
+            normalize_distribution("alpaca_trade_api"),
+            "alpaca-trade-api"
+        );
         assert_eq!(normalize_distribution("Foo.._-Bar"), "foo-bar");
-        assert_eq!(cmp_case_insensitive("pandas-ta", "Alpaca"), Ordering::Greater);
+        assert_eq!(
+            cmp_case_insensitive("pandas-ta", "Alpaca"),
+            Ordering::Greater
+        );
     }
 }

@@ -24,7 +24,9 @@ pub enum SourceError {
     #[error("not a regular file (expected a Python script)")]
     NotAFile,
     /// The file exceeds the configured size limit.
-    #[error("file is {size} bytes, larger than the {limit}-byte limit for scripts (raise it with --max-size)")]
+    #[error(
+        "file is {size} bytes, larger than the {limit}-byte limit for scripts (raise it with --max-size)"
+    )]
     TooLarge {
         /// Size of the file in bytes.
         size: u64,
@@ -46,7 +48,9 @@ pub enum SourceError {
         name: String,
     },
     /// The bytes are not valid in the declared (or default UTF-8) encoding.
-    #[error("line {line}: bytes are not valid {encoding} (declare the file's encoding with a '# -*- coding: NAME -*-' line)")]
+    #[error(
+        "line {line}: bytes are not valid {encoding} (declare the file's encoding with a '# -*- coding: NAME -*-' line)"
+    )]
     Undecodable {
         /// 1-based line of the first invalid byte.
         line: usize,
@@ -54,7 +58,9 @@ pub enum SourceError {
         encoding: String,
     },
     /// A UTF-8 BOM together with a cookie naming another encoding.
-    #[error("line {line}: encoding problem: '{name}' declared but the file starts with a UTF-8 byte-order mark")]
+    #[error(
+        "line {line}: encoding problem: '{name}' declared but the file starts with a UTF-8 byte-order mark"
+    )]
     BomConflict {
         /// 1-based line of the cookie.
         line: usize,
@@ -121,12 +127,11 @@ pub fn decode_source(bytes: &[u8]) -> Result<String, SourceError> {
     let encoding = match &cookie {
         None => Encoding::Utf8,
         Some((line, name)) => {
-            let enc = Encoding::from_python_name(name).ok_or_else(|| {
-                SourceError::UnknownEncoding {
+            let enc =
+                Encoding::from_python_name(name).ok_or_else(|| SourceError::UnknownEncoding {
                     line: *line,
                     name: name.clone(),
-                }
-            })?;
+                })?;
             if has_bom && enc != Encoding::Utf8 {
                 return Err(SourceError::BomConflict {
                     line: *line,

@@ -126,7 +126,10 @@ mod tests {
         };
         assert_eq!(r.replacement, Some("setuptools"));
         assert!(matches!(classify("imp", 12), StdlibStatus::Removed(r) if r.replacement.is_none()));
-        assert!(matches!(classify("telnetlib", 13), StdlibStatus::Removed(_)));
+        assert!(matches!(
+            classify("telnetlib", 13),
+            StdlibStatus::Removed(_)
+        ));
         assert!(matches!(classify("cgi", 13), StdlibStatus::Removed(_)));
         assert_eq!(classify("cgi", 12), StdlibStatus::Present);
     }

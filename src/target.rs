@@ -85,7 +85,9 @@ print(json.dumps({
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// The interpreter path or name did not resolve to a file.
-    #[error("Python interpreter '{0}' not found (pass an interpreter, a venv directory, or --python-version X.Y)")]
+    #[error(
+        "Python interpreter '{0}' not found (pass an interpreter, a venv directory, or --python-version X.Y)"
+    )]
     NotFound(String),
     /// The interpreter could not be started.
     #[error("cannot run Python interpreter '{path}': {reason}")]
@@ -96,7 +98,9 @@ pub enum TargetError {
         reason: String,
     },
     /// The interpreter ran but did not answer as expected.
-    #[error("Python interpreter '{path}' did not describe itself ({reason}); is it CPython 3.8 or newer?")]
+    #[error(
+        "Python interpreter '{path}' did not describe itself ({reason}); is it CPython 3.8 or newer?"
+    )]
     BadAnswer {
         /// The interpreter.
         path: String,
@@ -225,7 +229,10 @@ impl TargetPython {
 
     /// Describes the interpreter at `spec`: a path to an interpreter, a venv
     /// directory, or a command name looked up on `PATH`.
-    pub fn from_interpreter(spec: &str, cache_dir: Option<&Path>) -> Result<TargetPython, TargetError> {
+    pub fn from_interpreter(
+        spec: &str,
+        cache_dir: Option<&Path>,
+    ) -> Result<TargetPython, TargetError> {
         let exe = resolve_interpreter(spec)?;
         let info = match cache_dir.and_then(|dir| cache_key(&exe).map(|k| (dir, k))) {
             Some((dir, key)) => {
@@ -250,7 +257,8 @@ impl TargetPython {
         if release.first() != Some(&3) || release.len() < 2 {
             return Err(bad(format!("version {} is not Python 3", info.version)));
         }
-        let minor = u8::try_from(release[1]).map_err(|_| bad("minor version out of range".into()))?;
+        let minor =
+            u8::try_from(release[1]).map_err(|_| bad("minor version out of range".into()))?;
         let sys_path = full_sys_path(&info);
         let installed = InstalledIndex::scan(&sys_path);
         Ok(TargetPython {
@@ -391,8 +399,8 @@ fn query(exe: &Path) -> Result<InterpreterInfo, TargetError> {
         venv: Option<PathBuf>,
         markers: MarkerValues,
     }
-    let answer: Answer =
-        serde_json::from_slice(&output.stdout).map_err(|e| bad(format!("unreadable answer: {e}")))?;
+    let answer: Answer = serde_json::from_slice(&output.stdout)
+        .map_err(|e| bad(format!("unreadable answer: {e}")))?;
     Ok(InterpreterInfo {
         schema: CACHE_SCHEMA,
         version: answer.version,

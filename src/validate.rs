@@ -51,7 +51,9 @@ pub enum ValidateError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// The code nests deeper than any Python compiler accepts.
-    #[error("code nests more than {MAX_NESTING} levels deep (CPython rejects far less; refusing to parse)")]
+    #[error(
+        "code nests more than {MAX_NESTING} levels deep (CPython rejects far less; refusing to parse)"
+    )]
     TooDeep,
 }
 
@@ -261,10 +263,8 @@ pub fn validate_source(
         major: 3,
         minor: minor.clamp(7, 15),
     };
-    let scan = with_large_stack(|| {
-        check_nesting(source).map(|()| scan_source(source, version))
-    })
-    .map_err(|_| ValidateError::TooDeep)?;
+    let scan = with_large_stack(|| check_nesting(source).map(|()| scan_source(source, version)))
+        .map_err(|_| ValidateError::TooDeep)?;
 
     let (metadata, metadata_error) = match parse_inline_metadata(source) {
         Ok(m) => (m, None),
@@ -306,15 +306,16 @@ pub fn validate_source(
             }
             _ => continue,
         };
-        deps.entry(normalized.clone()).or_insert_with(|| Dependency {
-            name: dist.clone(),
-            normalized,
-            requirement: dist.clone(),
-            status,
-            installed_version,
-            sources: vec![DependencySource::Import],
-            guessed: import.guessed,
-        });
+        deps.entry(normalized.clone())
+            .or_insert_with(|| Dependency {
+                name: dist.clone(),
+                normalized,
+                requirement: dist.clone(),
+                status,
+                installed_version,
+                sources: vec![DependencySource::Import],
+                guessed: import.guessed,
+            });
     }
 
     let mut requires_python = None;
@@ -393,7 +394,11 @@ fn expand_namespace_import(site: ImportSite, target: &TargetPython) -> Vec<Impor
         .collect()
 }
 
-fn resolve_import(site: ImportSite, target: &TargetPython, local_dir: Option<&Path>) -> ResolvedImport {
+fn resolve_import(
+    site: ImportSite,
+    target: &TargetPython,
+    local_dir: Option<&Path>,
+) -> ResolvedImport {
     let mut resolved = ResolvedImport {
         status: ImportStatus::Missing,
         distribution: None,
@@ -426,7 +431,10 @@ fn resolve_import(site: ImportSite, target: &TargetPython, local_dir: Option<&Pa
             }
             resolved.status = ImportStatus::RemovedFromStdlib;
             resolved.distribution = removed.replacement.map(str::to_string);
-            let mut note = format!("removed from the standard library in Python 3.{}", removed.removed_in_minor);
+            let mut note = format!(
+                "removed from the standard library in Python 3.{}",
+                removed.removed_in_minor
+            );
             if !removed.note.is_empty() {
                 note.push_str("; ");
                 note.push_str(removed.note);
@@ -477,9 +485,9 @@ fn is_sibling_module(dir: &Path, top: &str) -> bool {
     };
     let prefix = format!("{top}.");
     entries.flatten().any(|e| {
-        e.file_name().to_str().is_some_and(|n| {
-            n.starts_with(&prefix) && (n.ends_with(".so") || n.ends_with(".pyd"))
-        })
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && (n.ends_with(".so") || n.ends_with(".pyd")))
     })
 }
 
@@ -559,10 +567,9 @@ fn merge_inline(
 
 /// Quotes a requirement for a POSIX shell when it contains special characters.
 fn shell_word(word: &str) -> String {
-    if word
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ','))
-    {
+    if word.chars().all(|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',')
+    }) {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
@@ -665,7 +672,10 @@ mod tests {
         let r = bare("import sklearn\nimport some_unknown_mod\n", "3.11");
         assert_eq!(r.imports[0].distribution.as_deref(), Some("scikit-learn"));
         assert!(!r.imports[0].guessed);
-        assert_eq!(r.imports[1].distribution.as_deref(), Some("some_unknown_mod"));
+        assert_eq!(
+            r.imports[1].distribution.as_deref(),
+            Some("some_unknown_mod")
+        );
         assert!(r.imports[1].guessed);
     }
 
@@ -684,7 +694,11 @@ mod tests {
         let r = bare(src, "3.11");
         assert_eq!(r.missing_requirements, ["pandas-ta>=0.3"]);
         assert!(!r.requires_python.as_ref().unwrap().satisfied);
-        let pywin = r.dependencies.iter().find(|d| d.normalized == "pywin32").unwrap();
+        let pywin = r
+            .dependencies
+            .iter()
+            .find(|d| d.normalized == "pywin32")
+            .unwrap();
         assert_eq!(pywin.status, DependencyStatus::NotApplicable);
         assert!(bare(src, "3.12").requires_python.unwrap().satisfied);
     }
@@ -692,7 +706,14 @@ mod tests {
     #[test]
     fn namespace_from_imports_split_per_name() {
         let r = bare("from google.cloud import storage, bigquery\n", "3.11");
-        let dists: Vec<Option<&str>> = r.imports.iter().map(|i| i.distribution.as_deref()).collect();
-        assert_eq!(dists, [Some("google-cloud-storage"), Some("google-cloud-bigquery")]);
+        let dists: Vec<Option<&str>> = r
+            .imports
+            .iter()
+            .map(|i| i.distribution.as_deref())
+            .collect();
+        assert_eq!(
+            dists,
+            [Some("google-cloud-storage"), Some("google-cloud-bigquery")]
+        );
     }
 }
