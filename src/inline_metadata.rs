@@ -232,6 +232,10 @@ fn redirecting_key(value: &toml::Value, path: &str) -> Option<String> {
 
 /// Applies PEP 723's block grammar line by line (universal newlines).
 fn find_block(source: &str) -> Result<Option<Block>, MetadataError> {
+    // Almost no script has a block: skip the line split for them.
+    if memchr::memmem::find(source.as_bytes(), b"# /// script").is_none() {
+        return Ok(None);
+    }
     let lines: Vec<&str> = source
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))

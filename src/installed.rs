@@ -14,14 +14,20 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{read_json, sha256_hex, write_json};
 use crate::names::normalize_distribution;
+
+/// Version of the cached index format; bump on change.
+const INDEX_CACHE_SCHEMA: u32 = 1;
 
 /// Upper bound on bytes read from one metadata file: RECORD files of large
 /// wheels are a few MiB; anything larger is not a real RECORD.
 const MAX_METADATA_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One installed distribution.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledDistribution {
     /// The name as the distribution spells it (`PyYAML`).
     pub name: String,
@@ -31,7 +37,7 @@ pub struct InstalledDistribution {
 
 /// The installed distributions and importable modules of a set of `sys.path`
 /// directories.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct InstalledIndex {
     dists: Vec<InstalledDistribution>,
     /// Dotted module roots (packages with `__init__`, or modules) → dists.
@@ -62,6 +68,25 @@ impl InstalledIndex {
         for dir in paths {
             index.scan_dir(dir);
         }
+        index
+    }
+
+    /// Like [`InstalledIndex::scan`], but answered from the cache directory
+    /// while no listed directory has changed. Installing, upgrading or
+    /// removing a distribution adds or removes entries in its directory,
+    /// which changes the directory's modification time and so the key.
+    pub fn scan_cached(paths: &[PathBuf], cache_dir: Option<&Path>) -> InstalledIndex {
+        let Some(dir) = cache_dir else {
+            return InstalledIndex::scan(paths);
+        };
+        let file = dir
+            .join("installed")
+            .join(format!("{}.json", index_key(paths)));
+        if let Some(index) = read_json::<InstalledIndex>(&file) {
+            return index;
+        }
+        let index = InstalledIndex::scan(paths);
+        write_json(&file, &index);
         index
     }
 
@@ -126,9 +151,10 @@ impl InstalledIndex {
             let Some(name) = file_name.to_str() else {
                 continue;
             };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if name.ends_with(".dist-info") || name.ends_with(".egg-info") {
                 metadata_dirs.push(entry.path());
-            } else if let Some(module) = module_name_of_entry(name) {
+            } else if let Some(module) = module_name_of_entry(name, is_dir) {
                 self.on_path.insert(module.to_string());
             }
         }
@@ -204,18 +230,31 @@ impl InstalledIndex {
     }
 }
 
-/// The importable module a `sys.path` directory entry provides, if any.
-fn module_name_of_entry(name: &str) -> Option<&str> {
-    let stem = match name.find('.') {
-        // Extension modules: `name.cpython-311-x86_64-linux-gnu.so`, `name.pyd`.
-        Some(dot) => {
-            let ext = name.rsplit('.').next().unwrap_or("");
-            if !matches!(ext, "py" | "pyc" | "so" | "pyd") {
-                return None;
-            }
-            &name[..dot]
+/// Cache key of an index: the schema and each directory's path and
+/// modification time.
+fn index_key(paths: &[PathBuf]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut key = format!("{INDEX_CACHE_SCHEMA}\0");
+    for path in paths {
+        let stamp = fs::metadata(path).map_or((0, 0, 0), |m| (m.mtime(), m.mtime_nsec(), m.ino()));
+        key.push_str(&format!("{}\0{:?}\0", path.display(), stamp));
+    }
+    sha256_hex(key.as_bytes())
+}
+
+/// The importable module a directory entry provides, if any: a package
+/// directory, `name.py`/`name.pyc`, or an extension module
+/// (`name.cpython-311-x86_64-linux-gnu.so`, `name.pyd`).
+pub(crate) fn module_name_of_entry(name: &str, is_dir: bool) -> Option<&str> {
+    let stem = if is_dir {
+        name
+    } else {
+        let dot = name.find('.')?;
+        let ext = name.rsplit('.').next().unwrap_or("");
+        if !matches!(ext, "py" | "pyc" | "so" | "pyd") {
+            return None;
         }
-        None => name,
+        &name[..dot]
     };
     is_identifier(stem).then_some(stem)
 }
@@ -376,7 +415,7 @@ fn modules_from_paths<'p>(paths: impl Iterator<Item = &'p str>) -> ModuleSet {
             Some((d, f)) => (d, f),
             None => ("", path),
         };
-        let Some(module) = module_name_of_entry(file) else {
+        let Some(module) = module_name_of_entry(file, false) else {
             continue;
         };
         if dirs.is_empty() {
@@ -458,13 +497,18 @@ mod tests {
 
     #[test]
     fn entries_on_path() {
-        assert_eq!(module_name_of_entry("foo.py"), Some("foo"));
+        assert_eq!(module_name_of_entry("foo.py", false), Some("foo"));
         assert_eq!(
-            module_name_of_entry("_cffi_backend.cpython-311-x86_64-linux-gnu.so"),
+            module_name_of_entry("_cffi_backend.cpython-311-x86_64-linux-gnu.so", false),
             Some("_cffi_backend")
         );
-        assert_eq!(module_name_of_entry("pkg"), Some("pkg"));
-        assert_eq!(module_name_of_entry("distutils-precedence.pth"), None);
-        assert_eq!(module_name_of_entry("README.txt"), None);
+        assert_eq!(module_name_of_entry("pkg", true), Some("pkg"));
+        assert_eq!(module_name_of_entry("LICENSE", false), None);
+        assert_eq!(
+            module_name_of_entry("distutils-precedence.pth", false),
+            None
+        );
+        assert_eq!(module_name_of_entry("README.txt", false), None);
+        assert_eq!(module_name_of_entry("foo-1.0.dist-info", true), None);
     }
 }

@@ -18,10 +18,12 @@
 //! data tables), [`installed`] (reading dist-info metadata), [`names`]
 //! (PEP 503), [`report`] (text and JSON output).
 
+pub mod cache;
 pub mod import_map;
 pub mod imports;
 pub mod inline_metadata;
 pub mod installed;
+pub mod local;
 pub mod names;
 pub mod nesting;
 pub mod report;

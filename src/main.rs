@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use rayon::prelude::*;
 
+use scriptbox::cache::default_cache_dir;
 use scriptbox::report;
 use scriptbox::stack::PARSE_STACK_BYTES;
 use scriptbox::target::TargetPython;
@@ -117,18 +118,6 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Cache directory: `$SCRIPTBOX_CACHE_DIR`, else `$XDG_CACHE_HOME/scriptbox`,
-/// else `~/.cache/scriptbox`.
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("SCRIPTBOX_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(dir).join("scriptbox"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("scriptbox"))
-}
-
 /// A script to validate, or a path that could not even be listed.
 enum Input {
     Script(PathBuf),
@@ -220,7 +209,7 @@ fn render(
 fn run_validate(args: ValidateArgs) -> ExitCode {
     let target = match &args.python_version {
         Some(version) => TargetPython::bare(version),
-        None => TargetPython::from_interpreter(&args.python, cache_dir().as_deref()),
+        None => TargetPython::from_interpreter(&args.python, default_cache_dir().as_deref()),
     };
     let target = match target {
         Ok(t) => t,
@@ -238,6 +227,7 @@ fn run_validate(args: ValidateArgs) -> ExitCode {
     let options = ValidateOptions {
         max_script_bytes: args.max_size,
         sibling_modules: !args.no_sibling_modules,
+        ..ValidateOptions::default()
     };
     let inputs = collect_inputs(&args.paths);
 
@@ -256,7 +246,9 @@ fn run_validate(args: ValidateArgs) -> ExitCode {
     if inputs.len() == 1 {
         emit(render(&inputs[0], &target, &options, args.format));
     } else {
-        let mut pool = rayon::ThreadPoolBuilder::new().stack_size(PARSE_STACK_BYTES);
+        let mut pool = rayon::ThreadPoolBuilder::new()
+            .stack_size(PARSE_STACK_BYTES)
+            .start_handler(|_| scriptbox::stack::mark_current_thread_large());
         if let Some(jobs) = args.jobs {
             pool = pool.num_threads(jobs);
         }
@@ -284,3 +276,8 @@ fn run_validate(args: ValidateArgs) -> ExitCode {
     }
     ExitCode::from(worst.exit_code() as u8)
 }
+
+// The parser allocates an AST node per expression; mimalloc measured
+// faster than the system allocator for that pattern (see scripts/bench-validate).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -114,7 +114,7 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// Decodes Python source bytes per PEP 263 (BOM, coding cookie, UTF-8 default).
 pub fn decode_source(bytes: &[u8]) -> Result<String, SourceError> {
-    if let Some(pos) = memchr_nul(bytes) {
+    if let Some(pos) = memchr::memchr(0, bytes) {
         return Err(SourceError::NulByte {
             line: line_of(bytes, pos),
         });
@@ -144,12 +144,8 @@ pub fn decode_source(bytes: &[u8]) -> Result<String, SourceError> {
     encoding.decode(body)
 }
 
-fn memchr_nul(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == 0)
-}
-
 fn line_of(bytes: &[u8], pos: usize) -> usize {
-    bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+    memchr::memchr_iter(b'\n', &bytes[..pos]).count() + 1
 }
 
 /// The encodings a coding cookie may select.

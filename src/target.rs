@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -20,6 +19,7 @@ use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cache::{read_json, write_json};
 use crate::installed::InstalledIndex;
 
 /// Version of the cached interpreter-description format; bump on change.
@@ -241,7 +241,7 @@ impl TargetPython {
                     Some(info) => info,
                     None => {
                         let info = query(&exe)?;
-                        write_cached(&file, &info);
+                        write_json(&file, &info);
                         info
                     }
                 }
@@ -260,7 +260,7 @@ impl TargetPython {
         let minor =
             u8::try_from(release[1]).map_err(|_| bad("minor version out of range".into()))?;
         let sys_path = full_sys_path(&info);
-        let installed = InstalledIndex::scan(&sys_path);
+        let installed = InstalledIndex::scan_cached(&sys_path, cache_dir);
         Ok(TargetPython {
             version,
             minor,
@@ -335,31 +335,15 @@ fn cache_key(exe: &Path) -> Option<String> {
             break;
         }
     }
-    let digest = hasher.finalize();
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Some(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_cached(file: &Path) -> Option<InterpreterInfo> {
-    let text = fs::read_to_string(file).ok()?;
-    let info: InterpreterInfo = serde_json::from_str(&text).ok()?;
-    (info.schema == CACHE_SCHEMA).then_some(info)
-}
-
-/// Best effort: a cache that cannot be written only costs speed.
-fn write_cached(file: &Path, info: &InterpreterInfo) {
-    let Some(dir) = file.parent() else { return };
-    if fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else {
-        return;
-    };
-    let Ok(text) = serde_json::to_vec(info) else {
-        return;
-    };
-    if tmp.write_all(&text).is_ok() {
-        let _ = tmp.persist(file);
-    }
+    read_json::<InterpreterInfo>(file).filter(|info| info.schema == CACHE_SCHEMA)
 }
 
 /// Upper bound on an interpreter's self-description; real ones are ~2 KiB.

@@ -7,8 +7,9 @@
 //! is what later stages consume; [`validate_packages`] and
 //! [`create_error_message`] mirror the origin platform's Python API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pep508_rs::VersionOrUrl;
 use serde::Serialize;
@@ -18,6 +19,7 @@ use crate::import_map;
 use crate::imports::{ImportForm, ImportKind, ImportSite, SyntaxIssue, scan_source};
 use crate::inline_metadata::{MetadataError, parse_inline_metadata};
 use crate::installed::InstalledMatch;
+use crate::local::SiblingModules;
 use crate::names::{cmp_case_insensitive, normalize_distribution};
 use crate::nesting::{MAX_NESTING, check_nesting};
 use crate::source::{DEFAULT_MAX_SCRIPT_BYTES, SourceError, read_script};
@@ -33,6 +35,8 @@ pub struct ValidateOptions {
     /// Whether modules beside the script count as local (`import helpers`
     /// with `helpers.py` next to it). Off when the script will run alone.
     pub sibling_modules: bool,
+    /// Directory listings shared by every validation using these options.
+    pub siblings: Arc<SiblingModules>,
 }
 
 impl Default for ValidateOptions {
@@ -40,6 +44,7 @@ impl Default for ValidateOptions {
         ValidateOptions {
             max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
             sibling_modules: true,
+            siblings: Arc::default(),
         }
     }
 }
@@ -243,20 +248,44 @@ pub fn validate_file(
     target: &TargetPython,
     options: &ValidateOptions,
 ) -> Result<ValidationReport, ValidateError> {
-    let span = info_span!("validate", script = %path.display(), python = %target.version);
+    let span = info_span!(
+        "validate",
+        script = %path.display(),
+        digest = tracing::field::Empty,
+        python = %target.version
+    );
     let _guard = span.enter();
     let source = read_script(path, options.max_script_bytes)?;
-    let script_dir = path.parent().map(Path::to_path_buf);
-    let local_dir = options.sibling_modules.then_some(script_dir).flatten();
-    validate_source(path, &source, target, local_dir.as_deref())
+    if !span.is_disabled() {
+        // Hashing costs a little per file, so only when someone is listening.
+        span.record("digest", script_digest(&source).as_str());
+    }
+    let siblings = match (options.sibling_modules, path.parent()) {
+        (true, Some(dir)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            Some(options.siblings.in_dir(dir))
+        }
+        _ => None,
+    };
+    validate_source(path, &source, target, siblings.as_deref())
 }
 
-/// Validates script text; `local_dir` is where sibling modules would live.
+/// The sha256 of a script's decoded text, hex-encoded: how logs name a script.
+pub fn script_digest(source: &str) -> String {
+    crate::cache::sha256_hex(source.as_bytes())
+}
+
+/// Validates script text; `siblings` are the module names importable from
+/// the script's directory, when those count.
 pub fn validate_source(
     path: &Path,
     source: &str,
     target: &TargetPython,
-    local_dir: Option<&Path>,
+    siblings: Option<&HashSet<String>>,
 ) -> Result<ValidationReport, ValidateError> {
     let minor = target.minor;
     let version = ruff_python_ast::PythonVersion {
@@ -274,7 +303,7 @@ pub fn validate_source(
     let mut imports = Vec::with_capacity(scan.imports.len());
     for site in scan.imports {
         for site in expand_namespace_import(site, target) {
-            imports.push(resolve_import(site, target, local_dir));
+            imports.push(resolve_import(site, target, siblings));
         }
     }
 
@@ -397,7 +426,7 @@ fn expand_namespace_import(site: ImportSite, target: &TargetPython) -> Vec<Impor
 fn resolve_import(
     site: ImportSite,
     target: &TargetPython,
-    local_dir: Option<&Path>,
+    siblings: Option<&HashSet<String>>,
 ) -> ResolvedImport {
     let mut resolved = ResolvedImport {
         status: ImportStatus::Missing,
@@ -413,7 +442,7 @@ fn resolve_import(
     }
     let top = resolved.site.top_level().to_string();
     let module = resolved.site.module.clone();
-    if local_dir.is_some_and(|dir| is_sibling_module(dir, &top)) {
+    if siblings.is_some_and(|names| names.contains(&top)) {
         resolved.status = ImportStatus::Local;
         return resolved;
     }
@@ -472,23 +501,6 @@ fn resolve_import(
         resolved.guessed = true;
     }
     resolved
-}
-
-/// A module or package beside the script, as `sys.path[0]` would find it.
-fn is_sibling_module(dir: &Path, top: &str) -> bool {
-    if dir.join(top).is_dir() || dir.join(format!("{top}.py")).is_file() {
-        return true;
-    }
-    // Extension modules: `top.cpython-311-x86_64-linux-gnu.so` and friends.
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    let prefix = format!("{top}.");
-    entries.flatten().any(|e| {
-        e.file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix) && (n.ends_with(".so") || n.ends_with(".pyd")))
-    })
 }
 
 fn merge_inline(

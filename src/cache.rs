@@ -1,0 +1,56 @@
+//! scriptbox's on-disk cache: where it lives and how entries are written.
+//!
+//! Entries are JSON files written atomically (a temporary file in the same
+//! directory, then a rename), so a reader never sees a half-written entry,
+//! even if the writer is killed. Every entry is derived data: a missing,
+//! stale-schema or unreadable entry is simply recomputed, and deleting the
+//! whole directory is always safe.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// The cache directory: `$SCRIPTBOX_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/scriptbox`, else `~/.cache/scriptbox`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SCRIPTBOX_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("scriptbox"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("scriptbox"))
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads a cached JSON entry; `None` when absent or unreadable.
+pub fn read_json<T: DeserializeOwned>(file: &Path) -> Option<T> {
+    let bytes = std::fs::read(file).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes a JSON entry atomically. Best effort: a cache that cannot be
+/// written only costs speed, so failures are logged, not returned.
+pub fn write_json<T: Serialize>(file: &Path, value: &T) {
+    let result = (|| -> std::io::Result<()> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(&serde_json::to_vec(value)?)?;
+        tmp.persist(file).map_err(|e| e.error)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::debug!("cache entry {} not written: {e}", file.display());
+    }
+}
