@@ -212,15 +212,20 @@ impl Collector {
         }
     }
 
-    fn bind_import(&mut self, module: &str, alias: &ast::Alias) {
+    fn bind_import(&mut self, alias: &ast::Alias) {
         let full = alias.name.id.as_str();
         let bound = match &alias.asname {
             Some(asname) => asname.id.to_string(),
             // `import a.b` binds `a`, which is the module `a`.
             None => full.split('.').next().unwrap_or(full).to_string(),
         };
-        let target = if alias.asname.is_some() { full } else { module };
-        match target {
+        // `import importlib.util` binds `importlib` itself.
+        let target = if alias.asname.is_some() {
+            full.to_string()
+        } else {
+            bound.clone()
+        };
+        match target.as_str() {
             "importlib" => {
                 self.importlib_names.insert(bound);
             }
@@ -435,7 +440,7 @@ impl<'a> Visitor<'a> for Collector {
             Stmt::Import(import) => {
                 for alias in &import.names {
                     let module = alias.name.id.to_string();
-                    self.bind_import(&module, alias);
+                    self.bind_import(alias);
                     self.record(
                         module,
                         Vec::new(),
@@ -645,7 +650,7 @@ lambda: __import__("in_lambda")
     #[test]
     fn dynamic_imports_and_aliases() {
         let src = r#"
-import importlib
+import importlib.util
 import importlib as il
 x = importlib.import_module("dyn_a")
 y = il.import_module("dyn_b.sub")
