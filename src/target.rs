@@ -180,6 +180,8 @@ impl MarkerValues {
 /// What an interpreter said about itself (cached on disk).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct InterpreterInfo {
+    /// [`CACHE_SCHEMA`] for cached entries; absent from the interpreter's answer.
+    #[serde(default)]
     schema: u32,
     version: String,
     executable: String,
@@ -374,26 +376,10 @@ fn query(exe: &Path) -> Result<InterpreterInfo, TargetError> {
     if output.stdout.len() > MAX_QUERY_OUTPUT {
         return Err(bad("answer too large".into()));
     }
-    #[derive(Deserialize)]
-    struct Answer {
-        version: String,
-        executable: String,
-        base_path: Vec<PathBuf>,
-        site_packages: Vec<PathBuf>,
-        venv: Option<PathBuf>,
-        markers: MarkerValues,
-    }
-    let answer: Answer = serde_json::from_slice(&output.stdout)
+    let mut info: InterpreterInfo = serde_json::from_slice(&output.stdout)
         .map_err(|e| bad(format!("unreadable answer: {e}")))?;
-    Ok(InterpreterInfo {
-        schema: CACHE_SCHEMA,
-        version: answer.version,
-        executable: answer.executable,
-        base_path: answer.base_path,
-        site_packages: answer.site_packages,
-        venv: answer.venv,
-        markers: answer.markers,
-    })
+    info.schema = CACHE_SCHEMA;
+    Ok(info)
 }
 
 /// Base `sys.path`, then each existing site-packages directory followed by

@@ -23,6 +23,13 @@ fn scriptbox(args: &[&str], cache: &Path) -> Output {
         .expect("scriptbox runs")
 }
 
+/// `scriptbox validate --python-version 3.11 ARGS...`
+fn validate_311(args: &[&str], cache: &Path) -> Output {
+    let mut all = vec!["validate", "--python-version", "3.11"];
+    all.extend_from_slice(args);
+    scriptbox(&all, cache)
+}
+
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exited normally, not by a signal")
 }
@@ -48,24 +55,22 @@ fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
-/// Validates one script against a bare CPython `version` target, as JSON.
-fn bare_json(version: &str, source: &str) -> (i32, Value) {
+/// Validates one script, as JSON, against `target` (e.g. `--python-version 3.11`).
+fn validate_json(target: &[&str], source: &str) -> (i32, Value) {
     let dir = tempfile::tempdir().unwrap();
     let script = write(dir.path(), "bot.py", source);
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            version,
-            "--format",
-            "json",
-            script.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let mut args = vec!["validate", "--format", "json"];
+    args.extend_from_slice(target);
+    args.push(script.to_str().unwrap());
+    let out = scriptbox(&args, dir.path());
     let mut lines = json_lines(&out);
     assert_eq!(lines.len(), 1, "{}", stderr(&out));
     (code(&out), lines.remove(0))
+}
+
+/// Validates one script against a bare CPython `version` target, as JSON.
+fn bare_json(version: &str, source: &str) -> (i32, Value) {
+    validate_json(&["--python-version", version], source)
 }
 
 fn statuses(report: &Value) -> Vec<(String, String, String)> {
@@ -91,15 +96,7 @@ fn seed_example_prints_the_seed_message_exactly() {
         "custom_indicators.py",
         "# custom_indicators.py\nimport pandas_ta as ta\nfrom alpaca_trade_api import REST\nimport os\n",
     );
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            script.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = validate_311(&[script.to_str().unwrap()], dir.path());
     assert_eq!(code(&out), 1);
     let expected = "Missing Python packages detected!\n\nYour script requires the following packages that are not installed:\nalpaca-trade-api, pandas-ta\n\nTo install these packages, run:\npip install alpaca-trade-api pandas-ta\n\nOr ask your administrator to install them in the backend environment.\n";
     assert!(stdout(&out).ends_with(expected), "{}", stdout(&out));
@@ -304,23 +301,7 @@ fn test_venv() -> &'static TestVenv {
 }
 
 fn venv_json(source: &str) -> (i32, Value) {
-    let venv = test_venv();
-    let dir = tempfile::tempdir().unwrap();
-    let script = write(dir.path(), "bot.py", source);
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python",
-            venv.root.to_str().unwrap(),
-            "--format",
-            "json",
-            script.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    let mut lines = json_lines(&out);
-    assert_eq!(lines.len(), 1, "{}", stderr(&out));
-    (code(&out), lines.remove(0))
+    validate_json(&["--python", test_venv().root.to_str().unwrap()], source)
 }
 
 #[test]
@@ -420,28 +401,12 @@ fn local_modules_beside_the_script() {
         "bot.py",
         "import helpers\nfrom strategies import sma\nfrom . import sibling\n",
     );
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            "--format",
-            "json",
-            script.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = validate_311(&["--format", "json", script.to_str().unwrap()], dir.path());
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     let r = &json_lines(&out)[0];
     assert!(statuses(r).iter().all(|s| s.1 == "local"));
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            "--no-sibling-modules",
-            script.to_str().unwrap(),
-        ],
+    let out = validate_311(
+        &["--no-sibling-modules", script.to_str().unwrap()],
         dir.path(),
     );
     assert_eq!(code(&out), 1);
@@ -482,15 +447,7 @@ fn bad_inputs_get_one_line_errors() {
     ];
     fs::create_dir(d.join("a_dir.py")).unwrap();
     for (path, expected) in &cases {
-        let out = scriptbox(
-            &[
-                "validate",
-                "--python-version",
-                "3.11",
-                path.to_str().unwrap(),
-            ],
-            d,
-        );
+        let out = validate_311(&[path.to_str().unwrap()], d);
         assert_one_line_error(&out, path, expected);
         assert!(stdout(&out).is_empty());
     }
@@ -502,27 +459,9 @@ fn oversized_file_is_refused_without_reading_it() {
     let path = dir.path().join("huge.py");
     let file = fs::File::create(&path).unwrap();
     file.set_len(50 * 1024 * 1024).unwrap();
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            path.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = validate_311(&[path.to_str().unwrap()], dir.path());
     assert_one_line_error(&out, &path, "larger than the 16777216-byte limit");
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            "--max-size",
-            "4K",
-            path.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = validate_311(&["--max-size", "4K", path.to_str().unwrap()], dir.path());
     assert_one_line_error(&out, &path, "4096-byte limit");
 }
 
@@ -537,17 +476,7 @@ fn encodings_and_line_endings() {
         "latin.py",
         b"# -*- coding: latin-1 -*-\nname = '\xe9t\xe9'\nimport numpy\n",
     );
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            "--format",
-            "json",
-            script.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = validate_311(&["--format", "json", script.to_str().unwrap()], dir.path());
     assert_eq!(code(&out), 1);
     assert_eq!(json_lines(&out)[0]["imports"][0]["line"], 3);
 }
@@ -576,15 +505,7 @@ fn ten_thousand_nesting_levels_do_not_overflow() {
     let src = format!("x = {}1\n", "-".repeat(n));
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "deep.py", src);
-    let out = scriptbox(
-        &[
-            "validate",
-            "--python-version",
-            "3.11",
-            path.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = validate_311(&[path.to_str().unwrap()], dir.path());
     assert_one_line_error(&out, &path, "nests more than");
 }
 
@@ -598,11 +519,8 @@ fn bulk_mode_writes_one_json_line_per_file_in_order() {
     write(&d.join("scripts/nested"), "c_syntax.py", "import os\nif\n");
     write(&d.join("scripts"), "notes.txt", "not python");
     std::os::unix::fs::symlink(d.join("gone.py"), d.join("scripts/d_broken_link.py")).unwrap();
-    let out = scriptbox(
+    let out = validate_311(
         &[
-            "validate",
-            "--python-version",
-            "3.11",
             "--format",
             "json",
             "-j",
