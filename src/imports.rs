@@ -107,9 +107,15 @@ pub struct SyntaxIssue {
 pub struct ScriptScan {
     /// Imports in source order.
     pub imports: Vec<ImportSite>,
-    /// Syntax errors, including syntax the target Python version lacks.
+    /// The first [`MAX_REPORTED_SYNTAX_ERRORS`] syntax errors in source
+    /// order, including syntax the target Python version lacks.
     pub syntax_errors: Vec<SyntaxIssue>,
+    /// How many syntax errors there are in all.
+    pub syntax_error_count: usize,
 }
+
+/// Syntax errors reported per script; the rest are only counted.
+pub const MAX_REPORTED_SYNTAX_ERRORS: usize = 100;
 
 /// Parses `source` for the given target version and collects its imports.
 ///
@@ -125,27 +131,33 @@ pub fn scan_source(source: &str, target: PythonVersion) -> ScriptScan {
         (lc.line.get() as u32, lc.column.get() as u32)
     };
 
-    let mut syntax_errors: Vec<SyntaxIssue> = parsed
+    // A hostile file can hold a million errors: order them by position, keep
+    // the first few for the report and only count the rest.
+    let mut found: Vec<(TextSize, &dyn std::fmt::Display)> = parsed
         .errors()
         .iter()
-        .map(|e| {
-            let (line, column) = position(e.location.start());
+        .map(|e| (e.location.start(), &e.error as &dyn std::fmt::Display))
+        .chain(
+            parsed
+                .unsupported_syntax_errors()
+                .iter()
+                .map(|e| (e.range.start(), e as &dyn std::fmt::Display)),
+        )
+        .collect();
+    found.sort_by_key(|(offset, _)| *offset);
+    let syntax_error_count = found.len();
+    let syntax_errors = found
+        .into_iter()
+        .take(MAX_REPORTED_SYNTAX_ERRORS)
+        .map(|(offset, message)| {
+            let (line, column) = position(offset);
             SyntaxIssue {
                 line,
                 column,
-                message: e.error.to_string(),
+                message: message.to_string(),
             }
         })
         .collect();
-    syntax_errors.extend(parsed.unsupported_syntax_errors().iter().map(|e| {
-        let (line, column) = position(e.range.start());
-        SyntaxIssue {
-            line,
-            column,
-            message: e.to_string(),
-        }
-    }));
-    syntax_errors.sort_by_key(|e| (e.line, e.column));
 
     let mut collector = Collector::default();
     if let ast::Mod::Module(module) = parsed.syntax() {
@@ -157,6 +169,7 @@ pub fn scan_source(source: &str, target: PythonVersion) -> ScriptScan {
     ScriptScan {
         imports,
         syntax_errors,
+        syntax_error_count,
     }
 }
 

@@ -186,12 +186,14 @@ pub fn parse_inline_metadata(source: &str) -> Result<Option<InlineMetadata>, Met
     for dep in raw.dependencies.unwrap_or_default() {
         let line = line_of(dep.span().start);
         let text = dep.get_ref();
+        let invalid = |message: String| MetadataError::InvalidRequirement {
+            line,
+            requirement: text.clone(),
+            message,
+        };
+        check_leading_name(text).map_err(invalid)?;
         let requirement =
-            Requirement::from_str(text).map_err(|e| MetadataError::InvalidRequirement {
-                line,
-                requirement: text.clone(),
-                message: first_line(&e.message.to_string()),
-            })?;
+            Requirement::from_str(text).map_err(|e| invalid(first_line(&e.message.to_string())))?;
         if matches!(requirement.version_or_url, Some(VersionOrUrl::Url(_))) {
             return Err(MetadataError::DirectReference {
                 line,
@@ -205,6 +207,28 @@ pub fn parse_inline_metadata(source: &str) -> Result<Option<InlineMetadata>, Met
         requires_python,
         dependencies,
     }))
+}
+
+/// pep508_rs 0.9.2 panics (an `expect`) on a name ending in `-`, `_` or
+/// `.` when more follows it (`"a- >=1"`), so the name is checked first, with
+/// the PEP 508 rule: letters, digits, `-_.`, starting and ending
+/// alphanumeric.
+fn check_leading_name(text: &str) -> Result<(), String> {
+    let text = text.trim_start();
+    let end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(text.len());
+    let name = &text[..end];
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        return Err("expected a package name at the start".into());
+    }
+    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        return Err(format!(
+            "package name '{name}' must start and end with a letter or digit"
+        ));
+    }
+    Ok(())
 }
 
 fn first_line(s: &str) -> String {
@@ -380,6 +404,31 @@ mod tests {
         ));
         let harmless = "# /// script\n# [tool.ruff]\n# line-length = 100\n# ///\n";
         assert!(parse_inline_metadata(harmless).is_ok());
+    }
+
+    #[test]
+    fn names_ending_in_separators_are_errors_not_panics() {
+        for dep in [
+            "a- >=1",
+            "a-[x]",
+            "a-(>=1)",
+            "a-<2",
+            "a_ ",
+            "a.@ https://x.invalid/a.whl",
+            "-a",
+            ">=1",
+        ] {
+            let src = format!("# /// script\n# dependencies = [\"{dep}\"]\n# ///\n");
+            assert!(
+                matches!(
+                    parse_inline_metadata(&src).unwrap_err(),
+                    MetadataError::InvalidRequirement { line: 2, .. }
+                ),
+                "{dep}"
+            );
+        }
+        let src = "# /// script\n# dependencies = [\"a.b-c_d >=1\"]\n# ///\n";
+        assert!(parse_inline_metadata(src).is_ok());
     }
 
     #[test]

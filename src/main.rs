@@ -4,6 +4,7 @@
 //! library calls and results into bytes on stdout/stderr and an exit code.
 
 use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -102,6 +103,10 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     init_tracing();
+    // One line, like every other error, instead of the default report.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("scriptbox: internal error: {info}");
+    }));
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => run_validate(args),
@@ -192,7 +197,16 @@ fn render(
     };
     match input {
         Input::Unlistable(path, message) => failure(path, message.clone()),
-        Input::Script(path) => match validate_file(path, target, options) {
+        Input::Script(path) => match catch_unwind(AssertUnwindSafe(|| {
+            validate_file(path, target, options)
+        })) {
+            // A bug of ours on one file must not take the other files down.
+            Err(_) => failure(
+                path,
+                "internal error while validating (a scriptbox bug; please report it with this file)"
+                    .into(),
+            ),
+            Ok(result) => match result {
             Ok(report) => Rendered {
                 stdout: match format {
                     Format::Json => report::to_json(&report) + "\n",
@@ -202,6 +216,7 @@ fn render(
                 verdict: report.verdict(),
             },
             Err(e) => failure(path, e.to_string()),
+            },
         },
     }
 }

@@ -18,10 +18,26 @@ use ruff_python_parser::Mode;
 /// were measured to fit).
 pub const MAX_NESTING: u64 = 100_000;
 
-/// A script nests deeper than [`MAX_NESTING`]. (ruff's lexer does not expose
-/// token positions publicly, so the place is not reported.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooDeep;
+/// Deepest f-string / t-string nesting accepted: CPython 3.12's own limit
+/// (`MAXFSTRINGLEVEL`). ruff's parser is quadratic in this depth for targets
+/// before 3.12, so it needs a bound of its own.
+pub const MAX_FSTRING_NESTING: u64 = 150;
+
+/// Which bound a script exceeded. (ruff's lexer does not expose token
+/// positions publicly, so the place is not reported.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TooDeep {
+    /// Brackets, operators and blocks nest deeper than [`MAX_NESTING`].
+    #[error(
+        "code nests more than {MAX_NESTING} levels deep (CPython rejects far less; refusing to parse)"
+    )]
+    Code,
+    /// f-strings nest deeper than [`MAX_FSTRING_NESTING`].
+    #[error(
+        "f-strings nest more than {MAX_FSTRING_NESTING} levels deep (CPython's limit; refusing to parse)"
+    )]
+    FString,
+}
 
 /// Returns an error when any token nests deeper than [`MAX_NESTING`].
 ///
@@ -38,15 +54,21 @@ pub fn check_nesting(source: &str) -> Result<(), TooDeep> {
     let mut enclosing_sum: u64 = 0;
     let mut chain: u64 = 0;
     let mut indent: u64 = 0;
+    let mut fstrings: u64 = 0;
     loop {
         let kind = lexer.next_token();
         match kind {
             TokenKind::EndOfFile => return Ok(()),
-            TokenKind::Lpar
-            | TokenKind::Lsqb
-            | TokenKind::Lbrace
-            | TokenKind::FStringStart
-            | TokenKind::TStringStart => {
+            TokenKind::FStringStart | TokenKind::TStringStart => {
+                fstrings += 1;
+                if fstrings > MAX_FSTRING_NESTING {
+                    return Err(TooDeep::FString);
+                }
+                enclosing.push(chain);
+                enclosing_sum += chain;
+                chain = 0;
+            }
+            TokenKind::Lpar | TokenKind::Lsqb | TokenKind::Lbrace => {
                 enclosing.push(chain);
                 enclosing_sum += chain;
                 chain = 0;
@@ -55,7 +77,12 @@ pub fn check_nesting(source: &str) -> Result<(), TooDeep> {
             | TokenKind::Rsqb
             | TokenKind::Rbrace
             | TokenKind::FStringEnd
-            | TokenKind::TStringEnd => match enclosing.pop() {
+            | TokenKind::TStringEnd => match {
+                if matches!(kind, TokenKind::FStringEnd | TokenKind::TStringEnd) {
+                    fstrings = fstrings.saturating_sub(1);
+                }
+                enclosing.pop()
+            } {
                 // A closed group keeps its place in the parent's chain:
                 // `f()()()` nests three calls deep.
                 Some(parent) => {
@@ -72,7 +99,7 @@ pub fn check_nesting(source: &str) -> Result<(), TooDeep> {
         }
         let depth = enclosing.len() as u64 + enclosing_sum + chain + indent;
         if depth > MAX_NESTING {
-            return Err(TooDeep);
+            return Err(TooDeep::Code);
         }
     }
 }
@@ -107,6 +134,16 @@ mod tests {
         ] {
             assert!(check_nesting(&src).is_err(), "{}", &src[..20]);
         }
+    }
+
+    #[test]
+    fn fstring_nesting_has_its_own_bound() {
+        let pad = "# padding\n".repeat(20_000);
+        let n = MAX_FSTRING_NESTING as usize;
+        let ok = format!("{pad}x = {}1{}\n", "f'{".repeat(n), "}'".repeat(n));
+        assert_eq!(check_nesting(&ok), Ok(()));
+        let deep = format!("{pad}x = {}1{}\n", "f'{".repeat(n + 1), "}'".repeat(n + 1));
+        assert_eq!(check_nesting(&deep), Err(TooDeep::FString));
     }
 
     #[test]

@@ -55,6 +55,7 @@ struct JsonReport<'a> {
     pip_command: Option<String>,
     unresolved: &'a [String],
     syntax_errors: &'a [SyntaxIssue],
+    syntax_error_count: usize,
     metadata_error: Option<JsonMessage<'a>>,
     error: Option<JsonMessage<'a>>,
 }
@@ -94,6 +95,7 @@ pub fn to_json(report: &ValidationReport) -> String {
         pip_command: report.pip_command(),
         unresolved: &report.unresolved,
         syntax_errors: &report.syntax_errors,
+        syntax_error_count: report.syntax_error_count,
         metadata_error: report
             .metadata_error
             .as_ref()
@@ -123,6 +125,7 @@ pub fn error_to_json(path: &Path, message: &str) -> String {
         pip_command: None,
         unresolved: &[],
         syntax_errors: &[],
+        syntax_error_count: 0,
         metadata_error: None,
         error: Some(JsonMessage {
             line: None,
@@ -202,6 +205,14 @@ pub fn to_text(report: &ValidationReport) -> String {
             e.line,
             e.column,
             e.message
+        );
+    }
+    let unlisted = report.syntax_error_count - report.syntax_errors.len();
+    if unlisted > 0 {
+        let _ = writeln!(
+            out,
+            "{}: ... and {unlisted} more syntax errors",
+            report.path.display()
         );
     }
     if let Some(e) = &report.metadata_error {

@@ -21,7 +21,7 @@ use crate::inline_metadata::{MetadataError, parse_inline_metadata};
 use crate::installed::InstalledMatch;
 use crate::local::SiblingModules;
 use crate::names::{cmp_case_insensitive, normalize_distribution};
-use crate::nesting::{MAX_NESTING, check_nesting};
+use crate::nesting::{TooDeep, check_nesting};
 use crate::source::{DEFAULT_MAX_SCRIPT_BYTES, SourceError, read_script};
 use crate::stack::with_large_stack;
 use crate::stdlib::{self, StdlibStatus};
@@ -56,10 +56,8 @@ pub enum ValidateError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// The code nests deeper than any Python compiler accepts.
-    #[error(
-        "code nests more than {MAX_NESTING} levels deep (CPython rejects far less; refusing to parse)"
-    )]
-    TooDeep,
+    #[error(transparent)]
+    TooDeep(#[from] TooDeep),
 }
 
 /// Where an import's module comes from.
@@ -176,8 +174,10 @@ pub struct ValidationReport {
     pub dependencies: Vec<Dependency>,
     /// The PEP 723 `requires-python` check, if declared.
     pub requires_python: Option<RequiresPython>,
-    /// Syntax errors (imports were still collected around them).
+    /// The first syntax errors (imports were still collected around them).
     pub syntax_errors: Vec<SyntaxIssue>,
+    /// How many syntax errors there are in all.
+    pub syntax_error_count: usize,
     /// An unusable inline metadata block.
     pub metadata_error: Option<MetadataError>,
     /// Distribution names that must be installed, sorted case-insensitively.
@@ -292,8 +292,7 @@ pub fn validate_source(
         major: 3,
         minor: minor.clamp(7, 15),
     };
-    let scan = with_large_stack(|| check_nesting(source).map(|()| scan_source(source, version)))
-        .map_err(|_| ValidateError::TooDeep)?;
+    let scan = with_large_stack(|| check_nesting(source).map(|()| scan_source(source, version)))?;
 
     let (metadata, metadata_error) = match parse_inline_metadata(source) {
         Ok(m) => (m, None),
@@ -325,13 +324,7 @@ pub fn validate_source(
                     .and_then(|d| d.version.clone()),
             ),
             ImportStatus::Missing | ImportStatus::RemovedFromStdlib => {
-                match target.installed.distribution(dist) {
-                    // e.g. a backport installed under another import name.
-                    Some(d) if import.status == ImportStatus::RemovedFromStdlib => {
-                        (DependencyStatus::Installed, d.version.clone())
-                    }
-                    _ => (DependencyStatus::Missing, None),
-                }
+                (DependencyStatus::Missing, None)
             }
             _ => continue,
         };
@@ -395,6 +388,7 @@ pub fn validate_source(
         dependencies,
         requires_python,
         syntax_errors: scan.syntax_errors,
+        syntax_error_count: scan.syntax_error_count,
         metadata_error,
         missing,
         missing_requirements,
@@ -456,6 +450,20 @@ fn resolve_import(
             if let Some(InstalledMatch::Distributions(d)) = target.installed.lookup(&module) {
                 resolved.status = ImportStatus::Installed;
                 resolved.distribution = d.first().map(|d| d.name.clone());
+                return resolved;
+            }
+            // Some replacements provide the name without owning it in their
+            // file list: setuptools serves `distutils` through a .pth hook.
+            if let Some(installed) = removed
+                .replacement
+                .and_then(|r| target.installed.distribution(r))
+            {
+                resolved.status = ImportStatus::Installed;
+                resolved.distribution = Some(installed.name.clone());
+                resolved.note = Some(format!(
+                    "removed from the standard library in Python 3.{}; provided by {}",
+                    removed.removed_in_minor, installed.name
+                ));
                 return resolved;
             }
             resolved.status = ImportStatus::RemovedFromStdlib;
@@ -677,6 +685,32 @@ mod tests {
         assert_eq!(r.imports[1].distribution, None);
         assert_eq!(r.missing, ["setuptools"]);
         assert_eq!(r.verdict(), Verdict::Missing);
+    }
+
+    #[test]
+    fn installed_replacement_satisfies_a_removed_module() {
+        // setuptools serves `distutils` through a .pth hook; its file list
+        // has no `distutils/`, yet the import works.
+        let site = tempfile::tempdir().unwrap();
+        let info = site.path().join("setuptools-80.9.0.dist-info");
+        std::fs::create_dir(&info).unwrap();
+        std::fs::write(
+            info.join("METADATA"),
+            "Name: setuptools\nVersion: 80.9.0\n\n",
+        )
+        .unwrap();
+        std::fs::write(
+            info.join("RECORD"),
+            "_distutils_hack/__init__.py,,\nsetuptools/__init__.py,,\n",
+        )
+        .unwrap();
+        let mut target = TargetPython::bare("3.12").unwrap();
+        target.installed = crate::installed::InstalledIndex::scan(&[site.path().to_path_buf()]);
+        let r =
+            validate_source(Path::new("s.py"), "import distutils.util\n", &target, None).unwrap();
+        assert_eq!(r.imports[0].status, ImportStatus::Installed);
+        assert_eq!(r.imports[0].distribution.as_deref(), Some("setuptools"));
+        assert_eq!(r.verdict(), Verdict::Ok);
     }
 
     #[test]

@@ -202,6 +202,35 @@ fn inline_metadata_errors_exit_2_with_their_line() {
 }
 
 #[test]
+fn malformed_requirement_names_are_errors_not_crashes() {
+    // pep508_rs panics on these unless the name is checked first.
+    let (code, r) = bare_json(
+        "3.11",
+        "# /// script\n# dependencies = [\"a- >=1\"]\n# ///\n",
+    );
+    assert_eq!(code, 2);
+    assert!(
+        r["metadata_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must start and end")
+    );
+}
+
+#[test]
+fn syntax_errors_are_capped_and_counted() {
+    let (code, r) = bare_json("3.11", &"import os\ndef f(:\n".repeat(500));
+    assert_eq!(code, 2);
+    assert_eq!(r["syntax_errors"].as_array().unwrap().len(), 100);
+    assert!(r["syntax_error_count"].as_u64().unwrap() >= 500);
+    assert_eq!(
+        r["imports"].as_array().unwrap().len(),
+        500,
+        "imports survive the errors"
+    );
+}
+
+#[test]
 fn requires_python_mismatch_fails() {
     let src = "# /// script\n# requires-python = \">=3.12\"\n# ///\nimport os\n";
     let (code, r) = bare_json("3.11", src);
