@@ -77,20 +77,20 @@ pub fn check_nesting(source: &str) -> Result<(), TooDeep> {
             | TokenKind::Rsqb
             | TokenKind::Rbrace
             | TokenKind::FStringEnd
-            | TokenKind::TStringEnd => match {
+            | TokenKind::TStringEnd => {
                 if matches!(kind, TokenKind::FStringEnd | TokenKind::TStringEnd) {
                     fstrings = fstrings.saturating_sub(1);
                 }
-                enclosing.pop()
-            } {
-                // A closed group keeps its place in the parent's chain:
-                // `f()()()` nests three calls deep.
-                Some(parent) => {
-                    enclosing_sum -= parent;
-                    chain = parent + 1;
+                match enclosing.pop() {
+                    // A closed group keeps its place in the parent's chain:
+                    // `f()()()` nests three calls deep.
+                    Some(parent) => {
+                        enclosing_sum -= parent;
+                        chain = parent + 1;
+                    }
+                    None => chain = 0,
                 }
-                None => chain = 0,
-            },
+            }
             TokenKind::Comma | TokenKind::Semi | TokenKind::Newline => chain = 0,
             TokenKind::Indent => indent += 1,
             TokenKind::Dedent => indent = indent.saturating_sub(1),
