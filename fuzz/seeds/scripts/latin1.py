@@ -1,0 +1,5 @@
+# -*- coding: latin-1 -*-
+# Prix en éuros
+import csv
+nom = "café"
+print(nom, "£¥")
