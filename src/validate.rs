@@ -184,7 +184,8 @@ pub struct ValidationReport {
     pub missing: Vec<String>,
     /// Requirements to pass to pip, same order as `missing`.
     pub missing_requirements: Vec<String>,
-    /// Required imports that no known distribution provides.
+    /// Required imports, not removed stdlib modules, that no known
+    /// distribution provides.
     pub unresolved: Vec<String>,
 }
 
@@ -375,7 +376,8 @@ pub fn validate_source(
         .collect();
     let mut unresolved: Vec<String> = imports
         .iter()
-        .filter(|i| i.blocks() && i.distribution.is_none())
+        // Removed stdlib modules get their own message, not this one.
+        .filter(|i| i.blocks() && i.status == ImportStatus::Missing && i.distribution.is_none())
         .map(|i| i.site.module.clone())
         .collect();
     unresolved.dedup();
@@ -684,6 +686,7 @@ mod tests {
         assert_eq!(r.imports[1].status, ImportStatus::RemovedFromStdlib);
         assert_eq!(r.imports[1].distribution, None);
         assert_eq!(r.missing, ["setuptools"]);
+        assert!(r.unresolved.is_empty(), "imp has its own message");
         assert_eq!(r.verdict(), Verdict::Missing);
     }
 
