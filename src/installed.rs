@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{read_json, sha256_hex, write_json};
 use crate::names::normalize_distribution;
+use crate::source::open_regular;
 
 /// Version of the cached index format; bump on change.
 const INDEX_CACHE_SCHEMA: u32 = 1;
@@ -275,7 +276,7 @@ struct Headers {
 /// Reads the RFC 822 header block of METADATA / PKG-INFO (not the body).
 fn read_headers(path: &Path) -> Headers {
     let mut headers = Headers::default();
-    let Ok(file) = fs::File::open(path) else {
+    let Ok((file, _)) = open_regular(path) else {
         return headers;
     };
     use std::io::Read;
@@ -314,7 +315,7 @@ fn name_from_metadata_dir(meta: &Path) -> Option<String> {
 
 fn read_lines(path: &Path) -> Option<Vec<String>> {
     use std::io::Read;
-    let file = fs::File::open(path).ok()?;
+    let (file, _) = open_regular(path).ok()?;
     let mut text = String::new();
     file.take(MAX_METADATA_FILE_BYTES)
         .read_to_string(&mut text)

@@ -6,8 +6,8 @@
 //! are rejected here before parsing. Everything in this module is bounded: the
 //! file size is checked from metadata before a byte is read.
 
-use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Largest script accepted by default (16 MiB). Uploaded trading scripts are a
@@ -71,13 +71,10 @@ pub enum SourceError {
 
 /// Reads `path` and decodes it, refusing files larger than `max_bytes`.
 pub fn read_script(path: &Path, max_bytes: u64) -> Result<String, SourceError> {
-    let file = File::open(path).map_err(|e| SourceError::Unreadable(io_reason(&e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| SourceError::Unreadable(io_reason(&e)))?;
-    if !meta.is_file() {
-        return Err(SourceError::NotAFile);
-    }
+    let (file, meta) = open_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => SourceError::NotAFile,
+        _ => SourceError::Unreadable(io_reason(&e)),
+    })?;
     if meta.len() > max_bytes {
         return Err(SourceError::TooLarge {
             size: meta.len(),
@@ -96,6 +93,27 @@ pub fn read_script(path: &Path, max_bytes: u64) -> Result<String, SourceError> {
         });
     }
     decode_source(&bytes)
+}
+
+/// Opens `path` for reading only if it is a regular file (after following
+/// symlinks); anything else fails with `ErrorKind::InvalidInput`.
+///
+/// O_NONBLOCK: opening a FIFO (or a symlink to one) planted where a file
+/// should be must not block forever; the fstat then rejects it. Regular
+/// files ignore the flag.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
 }
 
 /// The OS error without Rust's "(os error N)" suffix, lower-cased like a sentence fragment.

@@ -475,6 +475,12 @@ fn bad_inputs_get_one_line_errors() {
         (d.to_path_buf().join("a_dir.py"), "no *.py files"),
     ];
     fs::create_dir(d.join("a_dir.py")).unwrap();
+    // A FIFO where a script should be must not hang the validator.
+    let fifo = d.join("fifo.py");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let out = validate_311(&[fifo.to_str().unwrap()], d);
+    assert_one_line_error(&out, &fifo, "not a regular file");
     for (path, expected) in &cases {
         let out = validate_311(&[path.to_str().unwrap()], d);
         assert_one_line_error(&out, path, expected);
