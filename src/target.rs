@@ -17,9 +17,8 @@ use std::str::FromStr;
 use pep508_rs::pep440_rs::Version;
 use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::cache::{read_json, write_json};
+use crate::cache::{read_json, sha256_hex, write_json};
 use crate::installed::InstalledIndex;
 
 /// Version of the cached interpreter-description format; bump on change.
@@ -64,7 +63,6 @@ print(json.dumps({
     "executable": sys.executable,
     "base_path": [p for p in sys.path if p],
     "site_packages": user + site.getsitepackages(prefixes),
-    "venv": os.path.dirname(cfg) if cfg else None,
     "markers": {
         "implementation_name": impl.name,
         "implementation_version": impl_version,
@@ -187,7 +185,6 @@ struct InterpreterInfo {
     executable: String,
     base_path: Vec<PathBuf>,
     site_packages: Vec<PathBuf>,
-    venv: Option<PathBuf>,
     markers: MarkerValues,
 }
 
@@ -320,8 +317,7 @@ fn cache_key(exe: &Path) -> Option<String> {
         return None;
     }
     let meta = fs::metadata(&real).ok()?;
-    let mut hasher = Sha256::new();
-    hasher.update(format!(
+    let mut key = format!(
         "{CACHE_SCHEMA}\0{}\0{}\0{}\0{}\0{}\0{}\0",
         exe.display(),
         real.display(),
@@ -329,19 +325,15 @@ fn cache_key(exe: &Path) -> Option<String> {
         meta.mtime(),
         meta.mtime_nsec(),
         meta.ino()
-    ));
+    );
     let exe_dir = exe.parent()?;
     for dir in [Some(exe_dir), exe_dir.parent()].into_iter().flatten() {
-        if let Ok(cfg) = fs::read(dir.join("pyvenv.cfg")) {
-            hasher.update(&cfg);
+        if let Ok(cfg) = fs::read_to_string(dir.join("pyvenv.cfg")) {
+            key.push_str(&cfg);
             break;
         }
     }
-    Some(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Some(sha256_hex(key.as_bytes()))
 }
 
 fn read_cached(file: &Path) -> Option<InterpreterInfo> {
