@@ -191,7 +191,15 @@ pub fn parse_inline_metadata(source: &str) -> Result<Option<InlineMetadata>, Met
             requirement: text.clone(),
             message,
         };
-        check_leading_name(text).map_err(invalid)?;
+        // A URL requirement is refused before the parser sees it: pep508_rs
+        // resolves paths and environment variables (and can panic) there.
+        if text.split(';').next().unwrap_or("").contains('@') {
+            return Err(MetadataError::DirectReference {
+                line,
+                requirement: text.clone(),
+            });
+        }
+        check_names(text).map_err(invalid)?;
         let requirement =
             Requirement::from_str(text).map_err(|e| invalid(first_line(&e.message.to_string())))?;
         if matches!(requirement.version_or_url, Some(VersionOrUrl::Url(_))) {
@@ -209,24 +217,41 @@ pub fn parse_inline_metadata(source: &str) -> Result<Option<InlineMetadata>, Met
     }))
 }
 
-/// pep508_rs 0.9.2 panics (an `expect`) on a name ending in `-`, `_` or
-/// `.` when more follows it (`"a- >=1"`), so the name is checked first, with
-/// the PEP 508 rule: letters, digits, `-_.`, starting and ending
-/// alphanumeric.
-fn check_leading_name(text: &str) -> Result<(), String> {
-    let text = text.trim_start();
-    let end = text
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(text.len());
-    let name = &text[..end];
+/// pep508_rs 0.9.2 panics (an `expect`) on a name or extra ending in `-`,
+/// `_` or `.` when more follows it (`"a- >=1"`, `"a[b-]"`), so names and
+/// extras are checked first with the PEP 508 rule: letters, digits, `-_.`,
+/// starting and ending alphanumeric. Everything else is left to the parser.
+fn check_names(text: &str) -> Result<(), String> {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.is_empty() {
+    let check = |what: &str, name: &str| {
+        if alnum(name.chars().next()) && alnum(name.chars().last()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} '{name}' must start and end with a letter or digit"
+            ))
+        }
+    };
+    let text = text.trim_start();
+    let end = text.find(|c: char| !is_name_char(c)).unwrap_or(text.len());
+    if end == 0 {
         return Err("expected a package name at the start".into());
     }
-    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
-        return Err(format!(
-            "package name '{name}' must start and end with a letter or digit"
-        ));
+    check("package name", &text[..end])?;
+    let rest = text[end..].trim_start();
+    if let Some(extras) = rest.strip_prefix('[') {
+        let extras = &extras[..extras.find(']').unwrap_or(extras.len())];
+        for extra in extras.split(',').map(str::trim_start) {
+            // The parser takes the leading run of name characters as the
+            // extra (and only then looks at what follows).
+            let extra = &extra[..extra
+                .find(|c: char| !is_name_char(c))
+                .unwrap_or(extra.len())];
+            if !extra.is_empty() {
+                check("extra", extra)?;
+            }
+        }
     }
     Ok(())
 }
@@ -414,9 +439,12 @@ mod tests {
             "a-(>=1)",
             "a-<2",
             "a_ ",
-            "a.@ https://x.invalid/a.whl",
             "-a",
             ">=1",
+            "a[b-]",
+            "a[x, b.]==1",
+            "pandas[perfMMMce-]==2.2.*",
+            "pandrapes[formance,exc2- !=4stem ",
         ] {
             let src = format!("# /// script\n# dependencies = [\"{dep}\"]\n# ///\n");
             assert!(
@@ -427,8 +455,13 @@ mod tests {
                 "{dep}"
             );
         }
-        let src = "# /// script\n# dependencies = [\"a.b-c_d >=1\"]\n# ///\n";
+        let src = "# /// script\n# dependencies = [\"a.b-c_d[x-y, z] >=1\"]\n# ///\n";
         assert!(parse_inline_metadata(src).is_ok());
+        let src = "# /// script\n# dependencies = [\"a. @ ./x\"]\n# ///\n";
+        assert!(matches!(
+            parse_inline_metadata(src).unwrap_err(),
+            MetadataError::DirectReference { .. }
+        ));
     }
 
     #[test]
