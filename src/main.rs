@@ -40,6 +40,35 @@ enum Command {
     /// syntax error, bad inline metadata, bad arguments). With several files,
     /// the highest status wins.
     Validate(ValidateArgs),
+    /// Check and explain the administrators' whitelist policies (policies/*.toml).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check policy files and report every problem as file:line:column.
+    ///
+    /// Exit status: 0 no errors (warnings allowed), 2 errors found or a file
+    /// unreadable.
+    Check {
+        /// Policy files, or directories holding `*.toml` policies (default: policies/).
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Say whether a package is allowed, and which rule decides it.
+    ///
+    /// Exit status: 0 allowed, 1 not allowed or denied, 2 bad policy or name.
+    Explain {
+        /// The package (distribution) name.
+        name: String,
+        /// Policy name in policies/, or a path to a policy file.
+        #[arg(long, default_value = "default")]
+        policy: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -74,7 +103,7 @@ struct ValidateArgs {
     format: Format,
 
     /// Largest script accepted, in bytes (suffixes K, M, G allowed).
-    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = scriptbox::units::parse_size)]
     max_size: u64,
 
     /// Do not treat modules beside a script as local (for scripts that run alone).
@@ -86,21 +115,6 @@ struct ValidateArgs {
     jobs: Option<usize>,
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, multiplier) = match text.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&text[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&text[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&text[..i], 1 << 30),
-        _ => (text, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("expected a size like 4096, 512K or 16M, got '{text}'"))
-}
-
 fn main() -> ExitCode {
     init_tracing();
     // One line, like every other error, instead of the default report.
@@ -110,6 +124,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => run_validate(args),
+        Command::Policy(PolicyCommand::Check { paths, format }) => run_policy_check(paths, format),
+        Command::Policy(PolicyCommand::Explain { name, policy }) => {
+            run_policy_explain(&name, &policy)
+        }
     }
 }
 
@@ -296,3 +314,109 @@ fn run_validate(args: ValidateArgs) -> ExitCode {
 // faster than the system allocator for that pattern (see scripts/bench-validate).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Directory holding policies by name.
+const POLICIES_DIR: &str = "policies";
+
+fn policy_files(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(POLICIES_DIR)]
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            if found.is_empty() {
+                // Reported by the loader as unreadable, naming the directory.
+                files.push(path);
+            } else {
+                files.extend(found);
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn run_policy_check(paths: Vec<PathBuf>, format: Format) -> ExitCode {
+    use scriptbox::policy::{PolicyLoadError, Severity, load};
+    let mut failed = false;
+    for file in policy_files(paths) {
+        let (policy, diagnostics, error) = match load(&file) {
+            Ok((policy, warnings)) => (Some(policy), warnings, None),
+            Err(PolicyLoadError::Invalid { diagnostics, .. }) => (None, diagnostics, None),
+            Err(e) => (None, Vec::new(), Some(e.to_string())),
+        };
+        failed |= error.is_some() || diagnostics.iter().any(|d| d.severity == Severity::Error);
+        match format {
+            Format::Text => {
+                for d in &diagnostics {
+                    println!("{d}");
+                }
+                if let Some(e) = &error {
+                    eprintln!("scriptbox: error: {e}");
+                }
+            }
+            Format::Json => {
+                let line = serde_json::json!({
+                    "schema": "scriptbox.policy-check/1",
+                    "path": file.display().to_string(),
+                    "ok": error.is_none() && !diagnostics.iter().any(|d| d.severity == Severity::Error),
+                    "policy": policy.as_ref().map(|p| p.name.clone()),
+                    "digest": policy.as_ref().map(|p| p.digest()),
+                    "diagnostics": diagnostics,
+                    "error": error,
+                });
+                println!("{line}");
+            }
+        }
+    }
+    ExitCode::from(if failed { EXIT_USAGE } else { 0 })
+}
+
+fn run_policy_explain(name: &str, policy: &str) -> ExitCode {
+    use scriptbox::policy::{PolicyLoadError, explain, load, resolve_policy_path};
+    let package = match name.parse::<pep508_rs::PackageName>() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("scriptbox: error: invalid package name '{name}': {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let path = resolve_policy_path(policy, Path::new(POLICIES_DIR));
+    let policy = match load(&path) {
+        Ok((policy, _)) => policy,
+        Err(PolicyLoadError::Invalid { path, diagnostics }) => {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "scriptbox: error: {} has errors; run `scriptbox policy check {}`",
+                path.display(),
+                path.display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("scriptbox: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    println!("{}", explain::explain(&policy, &package));
+    match explain::decide(&policy, &package) {
+        explain::Decision::Allowed { .. } => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}

@@ -1,0 +1,268 @@
+//! `scriptbox policy check` and `policy explain` end to end, on the shipped
+//! policies and on broken ones written by the tests.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("scriptbox runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+const VALID: &str = r#"
+preinstalled = ["numpy"]
+
+[python]
+version = "3.11"
+
+[[allow]]
+name = "numpy"
+
+[[allow]]
+name = "TA-Lib"
+version = ">=0.5"
+system = ["libta-lib0"]
+
+[[deny]]
+name = "panda"
+reason = "typosquat of pandas"
+
+[profiles.default]
+memory = "512M"
+cpus = 1
+pids = 64
+wall_time = "60s"
+output = "1M"
+tmp = "64M"
+network = "none"
+
+[profiles.tiny]
+memory = "64M"
+"#;
+
+#[test]
+fn shipped_policies_are_clean() {
+    let out = run(&["policy", "check"], &repo());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stdout).contains("error:"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = r#"colour = "blue"
+preinstalled = ["numpy", "pandas"]
+
+[python]
+version = "3.7"
+
+[[allow]]
+name = "numpy"
+version = ">=2,<<3"
+
+[[allow]]
+name = "NumPy"
+
+[[allow]]
+name = "requests"
+
+[[deny]]
+name = "requests"
+reason = "no"
+
+[profiles.default]
+memory = "lots"
+cpus = 0
+pids = 64
+wall_time = "soon"
+output = "1M"
+tmp = "64M"
+network = "host"
+"#;
+    let path = dir.path().join("bad.toml");
+    fs::write(&path, bad).unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:1:1: error: unknown key 'colour'"),
+        format!("{file}:2:26: error: 'pandas' is preinstalled but not allowed"),
+        format!("{file}:5:11: error: python.version '3.7' is not supported"),
+        format!("{file}:9:11: error: invalid version specifier '>=2,<<3'"),
+        format!("{file}:11:1: error: duplicate allow entry for 'numpy' (first at line 7)"),
+        format!("{file}:17:1: error: 'requests' is both denied here and allowed at line 14"),
+        format!("{file}:22:10: error: profiles.default.memory: expected a size"),
+        format!("{file}:23:8: error: profiles.default.cpus must be a number of cores above 0"),
+        format!("{file}:25:13: error: profiles.default.wall_time: expected a duration"),
+        format!("{file}:28:11: error: profiles.default.network 'host' is not supported"),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing: {expected}\n--- got:\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+}
+
+#[test]
+fn missing_default_profile_and_invalid_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    fs::write(&path, "[python]\nversion = \"3.11\"\n").unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stdout).contains("missing [profiles.default]"));
+    fs::write(&path, "[python\nversion = 3\n").unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stdout).contains(":1:"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("invalid TOML"));
+}
+
+#[test]
+fn profiles_inherit_from_default_and_json_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    fs::write(&path, VALID).unwrap();
+    let out = run(
+        &[
+            "policy",
+            "check",
+            "--format",
+            "json",
+            path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(line["schema"], "scriptbox.policy-check/1");
+    assert_eq!(line["policy"], "team");
+    assert_eq!(line["ok"], true);
+    assert_eq!(line["digest"].as_str().unwrap().len(), 64);
+    let (policy, _) = scriptbox::policy::load(&path).unwrap();
+    let tiny = &policy.profiles["tiny"];
+    assert_eq!(tiny.memory, 64 << 20);
+    assert_eq!(tiny.pids, 64, "inherited from default");
+}
+
+#[test]
+fn digest_ignores_comments_and_a_stale_lock_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    fs::write(&path, VALID).unwrap();
+    let (policy, _) = scriptbox::policy::load(&path).unwrap();
+    fs::write(&path, format!("# a comment\n{VALID}")).unwrap();
+    let (same, warnings) = scriptbox::policy::load(&path).unwrap();
+    assert_eq!(policy.digest(), same.digest());
+    assert!(warnings.is_empty());
+    fs::write(
+        dir.path().join("team.lock"),
+        format!("# policy-digest: {}\n", policy.digest()),
+    )
+    .unwrap();
+    assert!(
+        scriptbox::policy::load(&path).unwrap().1.is_empty(),
+        "fresh lock"
+    );
+    fs::write(
+        &path,
+        VALID.replace("memory = \"64M\"", "memory = \"128M\""),
+    )
+    .unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(0), "a stale lock is a warning");
+    assert!(
+        text(&out.stdout).contains("warning: lock"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("is stale"));
+}
+
+#[test]
+fn explain_names_the_deciding_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    fs::write(&path, VALID).unwrap();
+    let p = path.to_str().unwrap();
+    let out = run(&["policy", "explain", "ta_lib", "--policy", p], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("ta-lib: allowed (versions >=0.5)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains(":10:1"),
+        "the [[allow]] header line"
+    );
+    let out = run(&["policy", "explain", "panda", "--policy", p], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("denied by"));
+    assert!(text(&out.stdout).contains("typosquat of pandas"));
+    let out = run(&["policy", "explain", "scipy", "--policy", p], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("[[allow]]\nname = \"scipy\""));
+    let out = run(
+        &["policy", "explain", "not a name", "--policy", p],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(
+        &["policy", "explain", "numpy", "--policy", "nonexistent"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("policies/nonexistent.toml"));
+}
+
+#[test]
+fn five_thousand_entries_check_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut policy = String::from("[python]\nversion = \"3.12\"\n\n");
+    for i in 0..5000 {
+        policy.push_str(&format!(
+            "[[allow]]\nname = \"pkg-{i}\"\nversion = \">={i}.0\"\n\n"
+        ));
+    }
+    policy.push_str(
+        VALID
+            .split("[profiles.default]")
+            .nth(1)
+            .map(|p| format!("[profiles.default]{p}"))
+            .unwrap()
+            .as_str(),
+    );
+    let path = dir.path().join("big.toml");
+    fs::write(&path, policy).unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let (loaded, _) = scriptbox::policy::load(&path).unwrap();
+    assert_eq!(loaded.allow.len(), 5000);
+}
