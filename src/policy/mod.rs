@@ -8,6 +8,7 @@
 mod diagnostic;
 pub mod explain;
 mod load;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
