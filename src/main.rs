@@ -95,8 +95,13 @@ struct ValidateArgs {
     python: String,
 
     /// Validate against a bare CPython X.Y with nothing installed, instead of an interpreter.
-    #[arg(long, value_name = "X.Y")]
+    #[arg(long, value_name = "X.Y", conflicts_with = "policy")]
     python_version: Option<String>,
+
+    /// Judge dependencies by a whitelist policy (a name in policies/ or a
+    /// path): the target becomes the policy's base environment.
+    #[arg(long, value_name = "POLICY", conflicts_with = "python")]
+    policy: Option<String>,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -240,9 +245,16 @@ fn render(
 }
 
 fn run_validate(args: ValidateArgs) -> ExitCode {
-    let target = match &args.python_version {
-        Some(version) => TargetPython::bare(version),
-        None => TargetPython::from_interpreter(&args.python, default_cache_dir().as_deref()),
+    let policy = match args.policy.as_deref().map(load_policy).transpose() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let target = match (&policy, &args.python_version) {
+        (Some(p), _) => TargetPython::bare(&format!("3.{}", p.python.minor)),
+        (None, Some(version)) => TargetPython::bare(version),
+        (None, None) => {
+            TargetPython::from_interpreter(&args.python, default_cache_dir().as_deref())
+        }
     };
     let target = match target {
         Ok(t) => t,
@@ -260,6 +272,7 @@ fn run_validate(args: ValidateArgs) -> ExitCode {
     let options = ValidateOptions {
         max_script_bytes: args.max_size,
         sibling_modules: !args.no_sibling_modules,
+        policy: policy.map(std::sync::Arc::new),
         ..ValidateOptions::default()
     };
     let inputs = collect_inputs(&args.paths);
@@ -386,18 +399,13 @@ fn run_policy_check(paths: Vec<PathBuf>, format: Format) -> ExitCode {
     ExitCode::from(if failed { EXIT_USAGE } else { 0 })
 }
 
-fn run_policy_explain(name: &str, policy: &str) -> ExitCode {
-    use scriptbox::policy::{PolicyLoadError, explain, load, resolve_policy_path};
-    let package = match name.parse::<pep508_rs::PackageName>() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("scriptbox: error: invalid package name '{name}': {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let path = resolve_policy_path(policy, Path::new(POLICIES_DIR));
-    let policy = match load(&path) {
-        Ok((policy, _)) => policy,
+/// Loads a policy by name or path; on failure prints its diagnostics and
+/// returns the exit code to use.
+fn load_policy(spec: &str) -> Result<scriptbox::policy::Policy, ExitCode> {
+    use scriptbox::policy::{PolicyLoadError, load, resolve_policy_path};
+    let path = resolve_policy_path(spec, Path::new(POLICIES_DIR));
+    match load(&path) {
+        Ok((policy, _)) => Ok(policy),
         Err(PolicyLoadError::Invalid { path, diagnostics }) => {
             for d in &diagnostics {
                 eprintln!("{d}");
@@ -407,12 +415,27 @@ fn run_policy_explain(name: &str, policy: &str) -> ExitCode {
                 path.display(),
                 path.display()
             );
-            return ExitCode::from(EXIT_USAGE);
+            Err(ExitCode::from(EXIT_USAGE))
         }
         Err(e) => {
             eprintln!("scriptbox: error: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn run_policy_explain(name: &str, policy: &str) -> ExitCode {
+    use scriptbox::policy::explain;
+    let package = match name.parse::<pep508_rs::PackageName>() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("scriptbox: error: invalid package name '{name}': {e}");
             return ExitCode::from(EXIT_USAGE);
         }
+    };
+    let policy = match load_policy(policy) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     println!("{}", explain::explain(&policy, &package));
     match explain::decide(&policy, &package) {

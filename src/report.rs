@@ -10,9 +10,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::imports::{ImportForm, ImportKind, SyntaxIssue};
+use crate::policy::verdict::PolicyStatus;
 use crate::validate::{
-    Dependency, ImportStatus, RequiresPython, ValidateError, ValidationReport, Verdict,
-    missing_message,
+    Dependency, ImportStatus, PolicySummary, RequiresPython, ValidateError, ValidationReport,
+    Verdict, missing_message,
 };
 
 /// Identifier of the JSON schema emitted by `scriptbox validate --format json`.
@@ -32,6 +33,7 @@ struct JsonImport<'a> {
     alternatives: &'a [String],
     guessed: bool,
     note: Option<&'a str>,
+    policy_status: Option<PolicyStatus>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +56,9 @@ struct JsonReport<'a> {
     missing: &'a [String],
     pip_command: Option<String>,
     unresolved: &'a [String],
+    policy: Option<&'a PolicySummary>,
+    forbidden: &'a [String],
+    to_install: &'a [String],
     syntax_errors: &'a [SyntaxIssue],
     syntax_error_count: usize,
     metadata_error: Option<JsonMessage<'a>>,
@@ -87,6 +92,7 @@ pub fn to_json(report: &ValidationReport) -> String {
                 alternatives: &i.alternatives,
                 guessed: i.guessed,
                 note: i.note.as_deref(),
+                policy_status: i.policy,
             })
             .collect(),
         dependencies: &report.dependencies,
@@ -94,6 +100,9 @@ pub fn to_json(report: &ValidationReport) -> String {
         missing: &report.missing,
         pip_command: report.pip_command(),
         unresolved: &report.unresolved,
+        policy: report.policy.as_ref(),
+        forbidden: &report.forbidden,
+        to_install: &report.to_install,
         syntax_errors: &report.syntax_errors,
         syntax_error_count: report.syntax_error_count,
         metadata_error: report
@@ -124,6 +133,9 @@ pub fn error_to_json(path: &Path, message: &str) -> String {
         missing: &[],
         pip_command: None,
         unresolved: &[],
+        policy: None,
+        forbidden: &[],
+        to_install: &[],
         syntax_errors: &[],
         syntax_error_count: 0,
         metadata_error: None,
@@ -148,7 +160,21 @@ pub fn to_text(report: &ValidationReport) -> String {
         Some(p) => format!("Python {} ({})", report.python_version, p.display()),
         None => format!("Python {} (bare: nothing installed)", report.python_version),
     };
-    let _ = writeln!(out, "{}: {python}", report.path.display());
+    match &report.policy {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "{}: Python {} under policy '{}' ({})",
+                report.path.display(),
+                report.python_version,
+                p.name,
+                p.path.display()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{}: {python}", report.path.display());
+        }
+    }
     if report.imports.is_empty() {
         let _ = writeln!(out, "  no imports");
     }
@@ -183,6 +209,13 @@ pub fn to_text(report: &ValidationReport) -> String {
             }
             detail.push_str(note);
         }
+        let status = match i.policy {
+            Some(PolicyStatus::Available) => "available",
+            Some(PolicyStatus::Installable) => "installable",
+            Some(PolicyStatus::Forbidden) => "forbidden",
+            Some(PolicyStatus::Unknown) => "unknown",
+            None => status,
+        };
         let status = match i.site.kind {
             ImportKind::Required => status.to_string(),
             other => format!("{status} ({})", other.as_str()),
@@ -247,6 +280,20 @@ pub fn to_text(report: &ValidationReport) -> String {
             "{}: no known distribution provides '{module}'; find the right package before installing anything named '{}'",
             report.path.display(),
             module.split('.').next().unwrap_or(module)
+        );
+    }
+    if !report.forbidden.is_empty() {
+        let policy = report.policy.as_ref().map_or("", |p| p.name.as_str());
+        let _ = writeln!(out, "\nNot allowed by policy '{policy}':");
+        for reason in &report.forbidden {
+            let _ = writeln!(out, "  {reason}");
+        }
+    }
+    if !report.to_install.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nTo be installed by the environment builder: {}",
+            report.to_install.join(", ")
         );
     }
     if !report.missing.is_empty() {

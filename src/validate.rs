@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pep508_rs::VersionOrUrl;
+use pep508_rs::pep440_rs::VersionSpecifiers;
+use pep508_rs::{PackageName, VersionOrUrl};
 use serde::Serialize;
 use tracing::info_span;
 
@@ -22,6 +23,8 @@ use crate::installed::InstalledMatch;
 use crate::local::SiblingModules;
 use crate::names::{cmp_case_insensitive, normalize_distribution};
 use crate::nesting::{TooDeep, check_nesting};
+use crate::policy::Policy;
+use crate::policy::verdict::{PolicyJudgement, PolicyStatus, judge};
 use crate::source::{DEFAULT_MAX_SCRIPT_BYTES, SourceError, read_script};
 use crate::stack::with_large_stack;
 use crate::stdlib::{self, StdlibStatus};
@@ -37,6 +40,8 @@ pub struct ValidateOptions {
     pub sibling_modules: bool,
     /// Directory listings shared by every validation using these options.
     pub siblings: Arc<SiblingModules>,
+    /// The whitelist policy to judge dependencies by, if any.
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl Default for ValidateOptions {
@@ -45,6 +50,7 @@ impl Default for ValidateOptions {
             max_script_bytes: DEFAULT_MAX_SCRIPT_BYTES,
             sibling_modules: true,
             siblings: Arc::default(),
+            policy: None,
         }
     }
 }
@@ -91,16 +97,21 @@ pub struct ResolvedImport {
     pub guessed: bool,
     /// A human hint, e.g. what replaced a removed stdlib module.
     pub note: Option<String>,
+    /// The policy's status for a third-party import, under a policy.
+    pub policy: Option<PolicyStatus>,
 }
 
 impl ResolvedImport {
-    /// True when this import makes the script fail if left unresolved.
+    /// True when this import makes the script fail if left unresolved. Under
+    /// a policy, packages it can provide are judged through the dependency
+    /// set instead.
     pub fn blocks(&self) -> bool {
         self.site.kind == ImportKind::Required
             && matches!(
                 self.status,
                 ImportStatus::Missing | ImportStatus::RemovedFromStdlib
             )
+            && matches!(self.policy, None | Some(PolicyStatus::Unknown))
     }
 }
 
@@ -146,6 +157,24 @@ pub struct Dependency {
     pub sources: Vec<DependencySource>,
     /// True when the name came from no table, only the import name.
     pub guessed: bool,
+    /// The versions the script asks for in its inline metadata.
+    #[serde(skip)]
+    pub requested: Option<VersionSpecifiers>,
+    /// The policy's judgement, when validating under a policy.
+    pub policy: Option<PolicyJudgement>,
+}
+
+/// The policy a script was validated under.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    /// The policy's name (its file stem).
+    pub name: String,
+    /// The policy file.
+    pub path: PathBuf,
+    /// The policy's semantic digest.
+    pub digest: String,
+    /// Whether installable packages are installed without asking.
+    pub auto_install: bool,
 }
 
 /// The `requires-python` check.
@@ -187,6 +216,13 @@ pub struct ValidationReport {
     /// Required imports, not removed stdlib modules, that no known
     /// distribution provides.
     pub unresolved: Vec<String>,
+    /// The policy validated under, if any.
+    pub policy: Option<PolicySummary>,
+    /// Why each forbidden dependency is refused.
+    pub forbidden: Vec<String>,
+    /// Installable requirements the environment builder will add (policies
+    /// with `auto_install = true`).
+    pub to_install: Vec<String>,
 }
 
 /// Overall verdict of a validation, ordered by severity.
@@ -197,6 +233,8 @@ pub enum Verdict {
     Ok,
     /// Something required is missing.
     Missing,
+    /// The policy forbids something required.
+    Forbidden,
     /// The input is unusable (syntax error, bad metadata, unreadable).
     Invalid,
 }
@@ -206,7 +244,7 @@ impl Verdict {
     pub fn exit_code(self) -> i32 {
         match self {
             Verdict::Ok => 0,
-            Verdict::Missing => 1,
+            Verdict::Missing | Verdict::Forbidden => 1,
             Verdict::Invalid => 2,
         }
     }
@@ -217,6 +255,8 @@ impl ValidationReport {
     pub fn verdict(&self) -> Verdict {
         if !self.syntax_errors.is_empty() || self.metadata_error.is_some() {
             Verdict::Invalid
+        } else if !self.forbidden.is_empty() {
+            Verdict::Forbidden
         } else if !self.missing.is_empty()
             || !self.unresolved.is_empty()
             || self.imports.iter().any(ResolvedImport::blocks)
@@ -272,7 +312,11 @@ pub fn validate_file(
         }
         _ => None,
     };
-    validate_source(path, &source, target, siblings.as_deref())
+    let mut report = validate_source(path, &source, target, siblings.as_deref())?;
+    if let Some(policy) = &options.policy {
+        apply_policy(&mut report, policy);
+    }
+    Ok(report)
 }
 
 /// The sha256 of a script's decoded text, hex-encoded: how logs name a script.
@@ -338,6 +382,8 @@ pub fn validate_source(
                 installed_version,
                 sources: vec![DependencySource::Import],
                 guessed: import.guessed,
+                requested: None,
+                policy: None,
             });
     }
 
@@ -395,7 +441,76 @@ pub fn validate_source(
         missing,
         missing_requirements,
         unresolved,
+        policy: None,
+        forbidden: Vec::new(),
+        to_install: Vec::new(),
     })
+}
+
+/// Judges a report's dependencies and imports under `policy`: each becomes
+/// available, installable, forbidden or unknown, and the lists of what is
+/// missing (or to be installed) and forbidden follow from that.
+pub fn apply_policy(report: &mut ValidationReport, policy: &Policy) {
+    let judge_name =
+        |name: &str, requested: Option<&VersionSpecifiers>| match name.parse::<PackageName>() {
+            Ok(name) => judge(policy, &name, requested),
+            Err(_) => PolicyJudgement {
+                status: PolicyStatus::Unknown,
+                reason: format!("'{name}' is not a valid distribution name"),
+            },
+        };
+    for dep in &mut report.dependencies {
+        if dep.status != DependencyStatus::NotApplicable {
+            dep.policy = Some(judge_name(&dep.normalized, dep.requested.as_ref()));
+        }
+    }
+    for import in &mut report.imports {
+        let third_party = matches!(
+            import.status,
+            ImportStatus::Installed | ImportStatus::Missing | ImportStatus::RemovedFromStdlib
+        );
+        import.policy = match (&import.distribution, third_party) {
+            (Some(dist), true) => {
+                let normalized = normalize_distribution(dist);
+                let known = report
+                    .dependencies
+                    .iter()
+                    .find(|d| d.normalized == normalized);
+                Some(match known.and_then(|d| d.policy.as_ref()) {
+                    Some(j) => j.status,
+                    None => judge_name(&normalized, None).status,
+                })
+            }
+            (None, true) if import.status == ImportStatus::Missing => Some(PolicyStatus::Unknown),
+            _ => None,
+        };
+    }
+    let judged = |status: PolicyStatus| {
+        report
+            .dependencies
+            .iter()
+            .filter(move |d| d.policy.as_ref().is_some_and(|j| j.status == status))
+    };
+    let installable: Vec<&Dependency> = judged(PolicyStatus::Installable).collect();
+    let requirements: Vec<String> = installable.iter().map(|d| d.requirement.clone()).collect();
+    let names: Vec<String> = installable.iter().map(|d| d.name.clone()).collect();
+    report.forbidden = judged(PolicyStatus::Forbidden)
+        .filter_map(|d| d.policy.as_ref().map(|j| j.reason.clone()))
+        .collect();
+    if policy.install.auto_install {
+        report.missing = Vec::new();
+        report.missing_requirements = Vec::new();
+        report.to_install = requirements;
+    } else {
+        report.missing = names;
+        report.missing_requirements = requirements;
+    }
+    report.policy = Some(PolicySummary {
+        name: policy.name.clone(),
+        path: policy.path.clone(),
+        digest: policy.digest(),
+        auto_install: policy.install.auto_install,
+    });
 }
 
 /// `from google.cloud import storage, bigquery` imports two distributions:
@@ -430,6 +545,7 @@ fn resolve_import(
         alternatives: Vec::new(),
         guessed: false,
         note: None,
+        policy: None,
         site,
     };
     if resolved.site.is_relative() {
@@ -563,6 +679,7 @@ fn merge_inline(
             if status != DependencyStatus::NotApplicable {
                 existing.status = status;
                 existing.requirement = requirement;
+                existing.requested = specifiers.cloned();
             }
             existing.guessed = false;
             if !existing.sources.contains(&DependencySource::Inline) {
@@ -581,6 +698,8 @@ fn merge_inline(
                     installed_version,
                     sources: vec![DependencySource::Inline],
                     guessed: false,
+                    requested: specifiers.cloned(),
+                    policy: None,
                 },
             );
         }

@@ -266,3 +266,135 @@ fn five_thousand_entries_check_clean() {
     let (loaded, _) = scriptbox::policy::load(&path).unwrap();
     assert_eq!(loaded.allow.len(), 5000);
 }
+
+fn validate_under(policy_text: &str, script: &str) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("team.toml");
+    fs::write(&policy, policy_text).unwrap();
+    let path = dir.path().join("bot.py");
+    fs::write(&path, script).unwrap();
+    let out = run(
+        &[
+            "validate",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--format",
+            "json",
+            path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let report = serde_json::from_str(text(&out.stdout).trim()).expect("one JSON report");
+    (out.status.code().unwrap(), report)
+}
+
+fn policy_statuses(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["module"].as_str().unwrap().to_string(),
+                i["policy_status"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn validation_under_a_policy_classifies_every_dependency() {
+    let script =
+        "import os\nimport numpy\nimport talib\nimport flask\nimport panda\nimport google\n";
+    let (code, r) = validate_under(VALID, script);
+    assert_eq!(code, 1);
+    assert_eq!(r["verdict"], "forbidden");
+    assert_eq!(r["policy"]["name"], "team");
+    assert_eq!(r["policy"]["digest"].as_str().unwrap().len(), 64);
+    let s = policy_statuses(&r);
+    assert_eq!(s[0], ("os".into(), "-".into()));
+    assert_eq!(s[1], ("numpy".into(), "available".into()));
+    assert_eq!(s[2], ("talib".into(), "installable".into()));
+    assert_eq!(s[3], ("flask".into(), "forbidden".into()));
+    assert_eq!(s[4], ("panda".into(), "forbidden".into()));
+    assert_eq!(s[5], ("google".into(), "unknown".into()));
+    let forbidden: Vec<&str> = r["forbidden"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        forbidden
+            .iter()
+            .any(|f| f.contains("'flask' is not allowed")
+                && f.contains("team.toml")
+                && f.contains("[[allow]] name = \"flask\""))
+    );
+    assert!(
+        forbidden
+            .iter()
+            .any(|f| f.contains("'panda' is denied") && f.contains("typosquat of pandas"))
+    );
+    // Installable packages produce the seed's message while auto_install is off.
+    assert_eq!(r["missing"], serde_json::json!(["TA-Lib"]));
+    assert_eq!(r["pip_command"], "pip install TA-Lib");
+}
+
+#[test]
+fn auto_install_reports_packages_for_the_builder() {
+    let policy = VALID.replace("[python]", "[install]\nauto_install = true\n\n[python]");
+    let (code, r) = validate_under(&policy, "import numpy\nimport talib\n");
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["missing"], serde_json::json!([]));
+    assert_eq!(r["to_install"], serde_json::json!(["TA-Lib"]));
+    assert_eq!(r["policy"]["auto_install"], true);
+}
+
+#[test]
+fn specifiers_meet_the_policy() {
+    let script = "# /// script\n# dependencies = [\"TA-Lib<0.4\"]\n# ///\nimport talib\n";
+    let (code, r) = validate_under(VALID, script);
+    assert_eq!(code, 1);
+    let reason = r["forbidden"][0].as_str().unwrap();
+    assert!(
+        reason.contains("needs ta-lib<0.4") && reason.contains("allows only ta-lib>=0.5"),
+        "{reason}"
+    );
+    let ok = "# /// script\n# dependencies = [\"TA-Lib>=0.6\"]\n# ///\nimport talib\n";
+    let (_, r) = validate_under(VALID, ok);
+    assert_eq!(r["forbidden"], serde_json::json!([]));
+    assert_eq!(
+        r["missing_requirements"],
+        serde_json::Value::Null,
+        "not a schema key"
+    );
+    assert_eq!(r["pip_command"], "pip install 'ta-lib>=0.6'");
+}
+
+#[test]
+fn a_broken_policy_refuses_validation() {
+    let (code, _) = {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("broken.toml");
+        fs::write(&policy, "[python]\nversion = \"2.7\"\n").unwrap();
+        let script = dir.path().join("bot.py");
+        fs::write(&script, "import os\n").unwrap();
+        let out = run(
+            &[
+                "validate",
+                "--policy",
+                policy.to_str().unwrap(),
+                script.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(
+            text(&out.stderr).contains("broken.toml:2:11: error: python.version '2.7'"),
+            "{}",
+            text(&out.stderr)
+        );
+        (out.status.code().unwrap(), ())
+    };
+    assert_eq!(code, 2);
+}

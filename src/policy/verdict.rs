@@ -38,7 +38,11 @@ pub struct PolicyJudgement {
 
 /// Judges distribution `name`, which the script requests with `requested`
 /// (e.g. `pandas<1` from its inline metadata).
-pub fn judge(policy: &Policy, name: &PackageName, requested: Option<&VersionSpecifiers>) -> PolicyJudgement {
+pub fn judge(
+    policy: &Policy,
+    name: &PackageName,
+    requested: Option<&VersionSpecifiers>,
+) -> PolicyJudgement {
     let file = policy.path.display();
     match decide(policy, name) {
         Decision::Denied { at, reason } => PolicyJudgement {
