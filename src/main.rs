@@ -59,6 +59,16 @@ enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Resolve the policy's allowed set with uv into policies/NAME.lock:
+    /// pinned versions with hashes, for the policy's Python and platform.
+    ///
+    /// Exit status: 0 locked, 1 the allowed packages cannot be resolved
+    /// together, 2 bad policy, uv missing or index unreachable.
+    Lock {
+        /// Policy name in policies/, or a path to a policy file.
+        #[arg(long, default_value = "default")]
+        policy: String,
+    },
     /// Say whether a package is allowed, and which rule decides it.
     ///
     /// Exit status: 0 allowed, 1 not allowed or denied, 2 bad policy or name.
@@ -133,6 +143,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain { name, policy }) => {
             run_policy_explain(&name, &policy)
         }
+        Command::Policy(PolicyCommand::Lock { policy }) => run_policy_lock(&policy),
     }
 }
 
@@ -439,7 +450,39 @@ fn run_policy_explain(name: &str, policy: &str) -> ExitCode {
     };
     println!("{}", explain::explain(&policy, &package));
     match explain::decide(&policy, &package) {
-        explain::Decision::Allowed { .. } => ExitCode::SUCCESS,
+        explain::Decision::Allowed { .. } | explain::Decision::Dependency { .. } => {
+            ExitCode::SUCCESS
+        }
         _ => ExitCode::from(1),
+    }
+}
+
+fn run_policy_lock(policy: &str) -> ExitCode {
+    use scriptbox::policy::lock::{LockError, lock_policy, uv_command};
+    let policy = match load_policy(policy) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let span = tracing::info_span!("lock", policy = %policy.name);
+    let _guard = span.enter();
+    match lock_policy(&policy, &uv_command()) {
+        Ok((path, count)) => {
+            println!(
+                "locked {} ({count} packages, python 3.{} {}) into {}",
+                policy.path.display(),
+                policy.python.minor,
+                policy.python.platform,
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ LockError::Unresolvable { .. }) => {
+            eprintln!("scriptbox: error: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("scriptbox: error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
     }
 }

@@ -398,3 +398,134 @@ fn a_broken_policy_refuses_validation() {
     };
     assert_eq!(code, 2);
 }
+
+/// A policy over two small real packages from the index, pinned in time.
+fn small_policy(allow: &str, index: Option<&str>) -> String {
+    let index = index.map_or(String::new(), |i| format!("index = \"{i}\"\n"));
+    format!(
+        "[python]\nversion = \"3.11\"\n\n[install]\nexclude_newer = \"2025-06-01\"\n{index}\n{allow}\n{}",
+        VALID
+            .split("[profiles.default]")
+            .nth(1)
+            .map(|p| format!("[profiles.default]{p}"))
+            .unwrap()
+    )
+}
+
+#[test]
+fn lock_pins_the_closure_with_hashes_and_lets_dependencies_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("small.toml");
+    fs::write(
+        &policy,
+        small_policy("[[allow]]\nname = \"python-dateutil\"\n", None),
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let out = run(&["policy", "lock", "--policy", p], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("(2 packages"),
+        "{}",
+        text(&out.stdout)
+    );
+    let lock = fs::read_to_string(dir.path().join("small.lock")).unwrap();
+    let (loaded, warnings) = scriptbox::policy::load(&policy).unwrap();
+    assert!(warnings.is_empty(), "fresh lock: {warnings:?}");
+    assert!(lock.contains(&format!("# policy-digest: {}", loaded.digest())));
+    assert!(lock.contains("python-dateutil==2.9.0.post0"), "{lock}");
+    assert!(lock.contains("six==1.17.0"), "{lock}");
+    assert!(lock.contains("--hash=sha256:"));
+    // six is not listed, but the lock shows python-dateutil needs it.
+    let out = run(&["policy", "explain", "six", "--policy", p], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("six: allowed as a dependency of python-dateutil"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Changing the policy makes the lock stale.
+    fs::write(
+        &policy,
+        small_policy(
+            "[[allow]]\nname = \"python-dateutil\"\nversion = \">=2\"\n",
+            None,
+        ),
+    )
+    .unwrap();
+    let out = run(&["policy", "check", p], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("is stale"));
+}
+
+#[test]
+fn lock_names_the_packages_that_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("clash.toml");
+    // pandas 2.2.3 needs tzdata>=2022.7.
+    let allow = "[[allow]]\nname = \"pandas\"\nversion = \"==2.2.3\"\n\n[[allow]]\nname = \"tzdata\"\nversion = \"<2022.7\"\n";
+    fs::write(&policy, small_policy(allow, None)).unwrap();
+    let out = run(
+        &["policy", "lock", "--policy", policy.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot be resolved together"), "{err}");
+    assert!(err.contains("(involved: pandas, tzdata)"), "{err}");
+    assert!(
+        !dir.path().join("clash.lock").exists(),
+        "nothing half-written"
+    );
+}
+
+#[test]
+fn lock_reports_an_unreachable_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("offline.toml");
+    // A closed loopback port: nothing listens on the discard port here.
+    fs::write(
+        &policy,
+        small_policy(
+            "[[allow]]\nname = \"six\"\n",
+            Some("http://127.0.0.1:9/simple"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "lock", "--policy", policy.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("UV_HTTP_RETRIES", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot reach the package index http://127.0.0.1:9/simple"));
+    assert!(!dir.path().join("offline.lock").exists());
+}
+
+#[test]
+fn shipped_locks_admit_transitive_dependencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("bot.py");
+    fs::write(&script, "import pandas\nimport pytz\nimport requests\n").unwrap();
+    let out = run(
+        &[
+            "validate",
+            "--policy",
+            "strict",
+            "--format",
+            "json",
+            script.to_str().unwrap(),
+        ],
+        &repo(),
+    );
+    let r: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let s = policy_statuses(&r);
+    assert_eq!(s[0].1, "available");
+    assert_eq!(
+        s[1].1, "available",
+        "pytz comes with pandas per policies/strict.lock"
+    );
+    assert_eq!(s[2].1, "forbidden");
+    assert_eq!(out.status.code(), Some(1));
+}

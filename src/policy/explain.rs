@@ -23,6 +23,13 @@ pub enum Decision {
         /// The entry's reason.
         reason: String,
     },
+    /// No entry names it, but the lock shows allowed packages need it.
+    Dependency {
+        /// The allowed packages that pull it in.
+        required_by: Vec<String>,
+        /// Whether the base environment has it.
+        preinstalled: bool,
+    },
     /// No entry mentions it.
     NotAllowed,
 }
@@ -41,7 +48,13 @@ pub fn decide(policy: &Policy, name: &PackageName) -> Decision {
             version: a.version.as_ref().map(ToString::to_string),
             preinstalled: policy.is_preinstalled(name),
         },
-        None => Decision::NotAllowed,
+        None => match policy.lock.as_ref().and_then(|l| l.required_by(name)) {
+            Some(required_by) if !required_by.is_empty() => Decision::Dependency {
+                required_by,
+                preinstalled: policy.is_preinstalled(name),
+            },
+            _ => Decision::NotAllowed,
+        },
     }
 }
 
@@ -70,6 +83,19 @@ pub fn explain(policy: &Policy, name: &PackageName) -> String {
         Decision::Denied { at, reason } => format!(
             "{name}: denied by {file}:{}:{}: {reason}",
             at.line, at.column
+        ),
+        Decision::Dependency {
+            required_by,
+            preinstalled,
+        } => format!(
+            "{name}: allowed as a dependency of {} (pinned in {}){}",
+            required_by.join(", "),
+            policy.lock_path().display(),
+            if preinstalled {
+                "; preinstalled in the base environment"
+            } else {
+                "; installed on demand"
+            }
         ),
         Decision::NotAllowed => format!(
             "{name}: not allowed: no entry in {file} names it. To allow it, an administrator adds:\n\n[[allow]]\nname = \"{name}\""

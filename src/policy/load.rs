@@ -91,8 +91,10 @@ pub fn load_text(path: &Path, text: &str) -> Result<(Policy, Vec<Diagnostic>), P
                 .iter()
                 .any(|d| d.severity == Severity::Error) =>
         {
+            let mut policy = policy;
             let mut warnings = reader.diagnostics;
             warnings.extend(lock_staleness(&policy));
+            policy.lock = super::lock::Lock::for_policy(&policy);
             Ok((policy, warnings))
         }
         _ => Err(PolicyLoadError::Invalid {
@@ -259,6 +261,7 @@ impl Reader<'_> {
             allow,
             deny,
             profiles: profiles?,
+            lock: None,
         })
     }
 

@@ -8,6 +8,7 @@
 mod diagnostic;
 pub mod explain;
 mod load;
+pub mod lock;
 pub mod verdict;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,9 @@ pub struct Policy {
     pub deny: Vec<DenyEntry>,
     /// Named resource limits; `default` always exists.
     pub profiles: BTreeMap<String, Profile>,
+    /// The lock beside the policy, if it has been locked.
+    #[serde(skip)]
+    pub lock: Option<lock::Lock>,
 }
 
 /// The interpreter a policy's environments are built for.
@@ -153,9 +157,28 @@ impl Policy {
         self.deny.iter().find(|d| &d.name == name)
     }
 
-    /// Whether the base environment has the package.
+    /// Whether the base environment has the package: preinstalled, or (per
+    /// the lock) needed by something that is.
     pub fn is_preinstalled(&self, name: &PackageName) -> bool {
-        self.preinstalled.binary_search(name).is_ok()
+        if self.preinstalled.binary_search(name).is_ok() {
+            return true;
+        }
+        let Some(lock) = &self.lock else { return false };
+        // The base closure: preinstalled packages and everything they pull in.
+        let mut base: std::collections::HashSet<String> =
+            self.preinstalled.iter().map(ToString::to_string).collect();
+        loop {
+            let before = base.len();
+            for pkg in lock.packages.values() {
+                if pkg.via.iter().any(|parent| base.contains(parent)) {
+                    base.insert(pkg.name.to_string());
+                }
+            }
+            if base.len() == before {
+                break;
+            }
+        }
+        base.contains(name.as_ref())
     }
 
     /// sha256 of the policy's meaning (not its formatting or comments):

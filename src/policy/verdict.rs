@@ -49,6 +49,21 @@ pub fn judge(
             status: PolicyStatus::Forbidden,
             reason: format!("'{name}' is denied by {file}:{}: {reason}", at.line),
         },
+        Decision::Dependency {
+            required_by,
+            preinstalled,
+        } => PolicyJudgement {
+            status: if preinstalled {
+                PolicyStatus::Available
+            } else {
+                PolicyStatus::Installable
+            },
+            reason: format!(
+                "'{name}' is allowed as a dependency of {} ({})",
+                required_by.join(", "),
+                policy.lock_path().display()
+            ),
+        },
         Decision::NotAllowed => PolicyJudgement {
             status: PolicyStatus::Forbidden,
             reason: format!(
