@@ -265,6 +265,24 @@ impl Reader<'_> {
         })
     }
 
+    /// Records `name` as seen at `at`; when it was seen before, reports
+    /// `message(first line)` and returns false.
+    fn first_occurrence(
+        &mut self,
+        seen: &mut HashMap<PackageName, Position>,
+        name: &PackageName,
+        at: Position,
+        message: impl FnOnce(u32) -> String,
+    ) -> bool {
+        if let Some(first) = seen.get(name) {
+            let line = first.line;
+            self.error_at(at, message(line));
+            return false;
+        }
+        seen.insert(name.clone(), at);
+        true
+    }
+
     fn error_at(&mut self, at: Position, message: String) {
         self.diagnostics.push(Diagnostic {
             file: self.file.clone(),
@@ -505,17 +523,11 @@ impl Reader<'_> {
                 .unwrap_or_default();
             let note = table.get("note").and_then(|v| self.string(v, "allow.note"));
             let Some(name) = name else { continue };
-            if let Some(first) = seen.get(&name) {
-                self.error_at(
-                    at,
-                    format!(
-                        "duplicate allow entry for '{name}' (first at line {}); merge them",
-                        first.line
-                    ),
-                );
+            if !self.first_occurrence(&mut seen, &name, at, |line| {
+                format!("duplicate allow entry for '{name}' (first at line {line}); merge them")
+            }) {
                 continue;
             }
-            seen.insert(name.clone(), at);
             out.push(AllowEntry {
                 name,
                 version,
@@ -578,18 +590,11 @@ impl Reader<'_> {
             let (Some(name), Some(reason)) = (name, reason) else {
                 continue;
             };
-            if let Some(first) = seen.get(&name) {
-                self.error_at(
-                    at,
-                    format!(
-                        "duplicate deny entry for '{name}' (first at line {})",
-                        first.line
-                    ),
-                );
-                continue;
+            if self.first_occurrence(&mut seen, &name, at, |line| {
+                format!("duplicate deny entry for '{name}' (first at line {line})")
+            }) {
+                out.push(DenyEntry { name, reason, at });
             }
-            seen.insert(name.clone(), at);
-            out.push(DenyEntry { name, reason, at });
         }
         out
     }
@@ -618,18 +623,11 @@ impl Reader<'_> {
                     continue;
                 }
             };
-            if let Some(first) = seen.get(&name) {
-                self.error_at(
-                    at,
-                    format!(
-                        "'{name}' is listed twice in preinstalled (first at line {})",
-                        first.line
-                    ),
-                );
-                continue;
+            if self.first_occurrence(&mut seen, &name, at, |line| {
+                format!("'{name}' is listed twice in preinstalled (first at line {line})")
+            }) {
+                out.push((name, at));
             }
-            seen.insert(name.clone(), at);
-            out.push((name, at));
         }
         out
     }
