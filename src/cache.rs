@@ -54,3 +54,40 @@ pub fn write_json<T: Serialize>(file: &Path, value: &T) {
         tracing::debug!("cache entry {} not written: {e}", file.display());
     }
 }
+
+/// A digest identifying an executable file by its resolved path, size,
+/// modification time and inode, for caching what it says about itself.
+/// `None` for scripts (`#!`): a pyenv-style shim picks a different program
+/// per directory and environment, so its answers cannot be cached. A bare
+/// command name is looked up on `PATH`.
+pub fn file_identity(program: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let path = if program.components().count() == 1 && !program.exists() {
+        let search = std::env::var_os("PATH")?;
+        std::env::split_paths(&search)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())?
+    } else {
+        program.to_path_buf()
+    };
+    let real = std::fs::canonicalize(&path).ok()?;
+    let mut head = [0u8; 2];
+    std::fs::File::open(&real).ok()?.read_exact(&mut head).ok()?;
+    if &head == b"#!" {
+        return None;
+    }
+    let meta = std::fs::metadata(&real).ok()?;
+    Some(sha256_hex(
+        format!(
+            "{}\0{}\0{}\0{}\0{}\0{}",
+            path.display(),
+            real.display(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ino()
+        )
+        .as_bytes(),
+    ))
+}

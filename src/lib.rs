@@ -20,6 +20,7 @@
 
 pub mod cache;
 pub mod import_map;
+pub mod env;
 pub mod imports;
 pub mod inline_metadata;
 pub mod installed;

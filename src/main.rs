@@ -43,6 +43,35 @@ enum Command {
     /// Check and explain the administrators' whitelist policies (policies/*.toml).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Build and inspect cached environments.
+    #[command(subcommand)]
+    Env(EnvCommand),
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Build (or find) the venv layer holding a script's allowed packages, or
+    /// the given packages, pinned by the policy's lock.
+    ///
+    /// Exit status: 0 ready, 1 the policy refuses the script or a package is
+    /// not in the lock, 2 build failure or bad arguments.
+    Build {
+        /// A script whose dependencies to install (validated under the policy).
+        #[arg(required_unless_present = "packages", conflicts_with = "packages")]
+        script: Option<PathBuf>,
+        /// Distribution names to install instead of a script's.
+        #[arg(long, num_args = 1.., value_name = "NAME")]
+        packages: Vec<String>,
+        /// Policy name in policies/, or a path to a policy file.
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// The interpreter to base the venv on (its minor version must be the policy's).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +173,13 @@ fn main() -> ExitCode {
             run_policy_explain(&name, &policy)
         }
         Command::Policy(PolicyCommand::Lock { policy }) => run_policy_lock(&policy),
+        Command::Env(EnvCommand::Build {
+            script,
+            packages,
+            policy,
+            python,
+            format,
+        }) => run_env_build(script, &packages, &policy, &python, format),
     }
 }
 
@@ -484,5 +520,132 @@ fn run_policy_lock(policy: &str) -> ExitCode {
             eprintln!("scriptbox: error: {e}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+fn run_env_build(
+    script: Option<PathBuf>,
+    packages: &[String],
+    policy: &str,
+    python: &str,
+    format: Format,
+) -> ExitCode {
+    use scriptbox::env::{closure, venv};
+    use scriptbox::policy::verdict::PolicyStatus;
+    let fail = |code: u8, message: String| {
+        eprintln!("scriptbox: error: {message}");
+        ExitCode::from(code)
+    };
+    let policy = match load_policy(policy) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(code) => return code,
+    };
+    let Some(lock) = policy.lock.as_ref() else {
+        return fail(
+            1,
+            format!(
+                "{} has no lock; run `scriptbox policy lock --policy {}`",
+                policy.path.display(),
+                policy.name
+            ),
+        );
+    };
+    let cache = match default_cache_dir() {
+        Some(dir) => dir,
+        None => return fail(EXIT_USAGE, "no cache directory (set SCRIPTBOX_CACHE_DIR)".into()),
+    };
+    let target = match TargetPython::from_interpreter(python, Some(&cache)) {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_USAGE, e.to_string()),
+    };
+    if target.minor != policy.python.minor {
+        return fail(
+            EXIT_USAGE,
+            format!(
+                "{python} is Python {}, but policy '{}' targets Python 3.{}",
+                target.version, policy.name, policy.python.minor
+            ),
+        );
+    }
+    let names: Vec<String> = match &script {
+        None => packages.to_vec(),
+        Some(path) => {
+            let options = ValidateOptions {
+                policy: Some(policy.clone()),
+                sibling_modules: false,
+                ..ValidateOptions::default()
+            };
+            let bare = match TargetPython::bare(&format!("3.{}", policy.python.minor)) {
+                Ok(t) => t,
+                Err(e) => return fail(EXIT_USAGE, e.to_string()),
+            };
+            let report = match validate_file(path, &bare, &options) {
+                Ok(r) => r,
+                Err(e) => return fail(EXIT_USAGE, format!("{}: {e}", path.display())),
+            };
+            match report.verdict() {
+                Verdict::Invalid => {
+                    return fail(EXIT_USAGE, format!("{}: the script is unusable; run `scriptbox validate` on it", path.display()));
+                }
+                Verdict::Forbidden => {
+                    return fail(1, format!("{}: refused by policy '{}':\n  {}", path.display(), policy.name, report.forbidden.join("\n  ")));
+                }
+                _ => {}
+            }
+            report
+                .dependencies
+                .iter()
+                .filter(|d| {
+                    d.policy.as_ref().is_some_and(|j| {
+                        matches!(j.status, PolicyStatus::Available | PolicyStatus::Installable)
+                    })
+                })
+                .map(|d| d.normalized.clone())
+                .collect()
+        }
+    };
+    let mut roots = Vec::new();
+    for name in &names {
+        match name.parse::<pep508_rs::PackageName>() {
+            Ok(n) => roots.push(n),
+            Err(e) => return fail(EXIT_USAGE, format!("invalid package name '{name}': {e}")),
+        }
+    }
+    let pinned = match closure(lock, &roots) {
+        Ok(p) => p,
+        Err(e) => return fail(1, e.to_string()),
+    };
+    let spec = venv::VenvSpec {
+        python: target.executable.clone().unwrap_or_else(|| PathBuf::from(python)),
+        python_version: target.version.to_string(),
+        platform: policy.python.platform.clone(),
+        packages: pinned,
+    };
+    match venv::ensure_venv(&spec, &cache, &scriptbox::policy::lock::uv_command()) {
+        Ok(handle) => {
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "schema": "scriptbox.env-build/1",
+                        "key": handle.key,
+                        "kind": "venv",
+                        "path": handle.path,
+                        "cache_hit": handle.cache_hit,
+                        "build_seconds": handle.build_seconds,
+                        "packages": spec.packages.iter().map(|p| format!("{}=={}", p.name, p.version)).collect::<Vec<_>>(),
+                    })
+                ),
+                Format::Text => println!(
+                    "{} venv {} ({} packages) at {}",
+                    if handle.cache_hit { "found" } else { "built" },
+                    handle.key.short(),
+                    spec.packages.len(),
+                    handle.path.display()
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_USAGE, e.to_string()),
     }
 }

@@ -1,0 +1,134 @@
+//! `scriptbox env build` with real uv and real packages from the index:
+//! content addressing, cache hits, a build killed midway, and concurrent
+//! builds of one key.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real interpreter (not a shim), whose minor version the policies use.
+fn python() -> String {
+    let out = Command::new(std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn build(cache: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["env", "build", "--format", "json", "--python", &python()])
+        .args(args)
+        .current_dir(repo())
+        .env("SCRIPTBOX_CACHE_DIR", cache);
+    cmd
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn builds_once_then_hits_the_cache_by_content() {
+    let cache = tempfile::tempdir().unwrap();
+    let first = json(&build(cache.path(), &["--policy", "strict", "--packages", "numpy"]).output().unwrap());
+    assert_eq!(first["cache_hit"], false);
+    let path = PathBuf::from(first["path"].as_str().unwrap());
+    assert!(path.join("manifest.json").is_file());
+    let out = Command::new(path.join("bin/python"))
+        .args(["-c", "import numpy; print(numpy.__version__)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.4.6", "pinned by policies/strict.lock");
+    // Bytecode was compiled at build time.
+    assert!(fs::read_dir(path.join("lib/python3.11/site-packages/numpy/__pycache__")).unwrap().count() > 0);
+    // Published environments are read-only.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(path.join("lib")).unwrap().permissions());
+    assert_eq!(mode & 0o222, 0, "no write bits");
+    let again = json(&build(cache.path(), &["--policy", "strict", "--packages", "numpy"]).output().unwrap());
+    assert_eq!(again["cache_hit"], true);
+    assert_eq!(again["key"], first["key"]);
+    // pandas pulls numpy in: a different closure, a different key.
+    let pandas = json(&build(cache.path(), &["--policy", "strict", "--packages", "pandas"]).output().unwrap());
+    assert_ne!(pandas["key"], first["key"]);
+    assert!(pandas["packages"].as_array().unwrap().iter().any(|p| p == "numpy==2.4.6"));
+}
+
+#[test]
+fn a_script_builds_its_allowed_dependencies() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("bot.py");
+    fs::write(&script, "import numpy\nimport os\n").unwrap();
+    let by_script = json(&build(cache.path(), &["--policy", "strict", script.to_str().unwrap()]).output().unwrap());
+    let by_name = json(&build(cache.path(), &["--policy", "strict", "--packages", "numpy"]).output().unwrap());
+    assert_eq!(by_script["key"], by_name["key"], "keyed by content, never by script");
+    fs::write(&script, "import flask\n").unwrap();
+    let out = build(cache.path(), &["--policy", "strict", script.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'flask' is not allowed"));
+    let out = build(cache.path(), &["--policy", "strict", "--packages", "flask"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not pinned in the policy's lock"));
+}
+
+#[test]
+fn a_build_killed_midway_leaves_nothing_and_is_cleaned_up() {
+    let cache = tempfile::tempdir().unwrap();
+    let tmp = cache.path().join("envs/tmp");
+    let mut child = build(cache.path(), &["--policy", "strict", "--packages", "pandas"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it as soon as its build directory exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let published = cache.path().join("envs/venv");
+    let visible: Vec<_> = fs::read_dir(&published).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(visible.is_empty(), "no half-built entry is visible");
+    assert!(fs::read_dir(&tmp).unwrap().count() > 0, "the leftover is still there");
+    let done = json(&build(cache.path(), &["--policy", "strict", "--packages", "pandas"]).output().unwrap());
+    assert_eq!(done["cache_hit"], false);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "leftovers cleaned on the next build");
+}
+
+#[test]
+fn concurrent_builds_of_one_key_build_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<serde_json::Value> = children
+        .into_iter()
+        .map(|c| json(&c.wait_with_output().unwrap()))
+        .collect();
+    assert_eq!(results[0]["path"], results[1]["path"]);
+    let built = results.iter().filter(|r| r["cache_hit"] == false).count();
+    assert_eq!(built, 1, "exactly one process built it: {results:?}");
+    assert_eq!(fs::read_dir(cache.path().join("envs/venv")).unwrap().count(), 1);
+}
