@@ -73,7 +73,10 @@ pub fn file_identity(program: &Path) -> Option<String> {
     };
     let real = std::fs::canonicalize(&path).ok()?;
     let mut head = [0u8; 2];
-    std::fs::File::open(&real).ok()?.read_exact(&mut head).ok()?;
+    std::fs::File::open(&real)
+        .ok()?
+        .read_exact(&mut head)
+        .ok()?;
     if &head == b"#!" {
         return None;
     }

@@ -19,8 +19,8 @@
 //! (PEP 503), [`report`] (text and JSON output).
 
 pub mod cache;
-pub mod import_map;
 pub mod env;
+pub mod import_map;
 pub mod imports;
 pub mod inline_metadata;
 pub mod installed;
@@ -34,4 +34,5 @@ pub mod stack;
 pub mod stdlib;
 pub mod target;
 pub mod units;
+pub mod uv;
 pub mod validate;

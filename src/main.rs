@@ -494,14 +494,14 @@ fn run_policy_explain(name: &str, policy: &str) -> ExitCode {
 }
 
 fn run_policy_lock(policy: &str) -> ExitCode {
-    use scriptbox::policy::lock::{LockError, lock_policy, uv_command};
+    use scriptbox::policy::lock::{LockError, lock_policy};
     let policy = match load_policy(policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
     let span = tracing::info_span!("lock", policy = %policy.name);
     let _guard = span.enter();
-    match lock_policy(&policy, &uv_command()) {
+    match lock_policy(&policy, &scriptbox::uv::program()) {
         Ok((path, count)) => {
             println!(
                 "locked {} ({count} packages, python 3.{} {}) into {}",
@@ -552,7 +552,12 @@ fn run_env_build(
     };
     let cache = match default_cache_dir() {
         Some(dir) => dir,
-        None => return fail(EXIT_USAGE, "no cache directory (set SCRIPTBOX_CACHE_DIR)".into()),
+        None => {
+            return fail(
+                EXIT_USAGE,
+                "no cache directory (set SCRIPTBOX_CACHE_DIR)".into(),
+            );
+        }
     };
     let target = match TargetPython::from_interpreter(python, Some(&cache)) {
         Ok(t) => t,
@@ -585,10 +590,24 @@ fn run_env_build(
             };
             match report.verdict() {
                 Verdict::Invalid => {
-                    return fail(EXIT_USAGE, format!("{}: the script is unusable; run `scriptbox validate` on it", path.display()));
+                    return fail(
+                        EXIT_USAGE,
+                        format!(
+                            "{}: the script is unusable; run `scriptbox validate` on it",
+                            path.display()
+                        ),
+                    );
                 }
                 Verdict::Forbidden => {
-                    return fail(1, format!("{}: refused by policy '{}':\n  {}", path.display(), policy.name, report.forbidden.join("\n  ")));
+                    return fail(
+                        1,
+                        format!(
+                            "{}: refused by policy '{}':\n  {}",
+                            path.display(),
+                            policy.name,
+                            report.forbidden.join("\n  ")
+                        ),
+                    );
                 }
                 _ => {}
             }
@@ -597,7 +616,10 @@ fn run_env_build(
                 .iter()
                 .filter(|d| {
                     d.policy.as_ref().is_some_and(|j| {
-                        matches!(j.status, PolicyStatus::Available | PolicyStatus::Installable)
+                        matches!(
+                            j.status,
+                            PolicyStatus::Available | PolicyStatus::Installable
+                        )
                     })
                 })
                 .map(|d| d.normalized.clone())
@@ -616,12 +638,15 @@ fn run_env_build(
         Err(e) => return fail(1, e.to_string()),
     };
     let spec = venv::VenvSpec {
-        python: target.executable.clone().unwrap_or_else(|| PathBuf::from(python)),
+        python: target
+            .executable
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(python)),
         python_version: target.version.to_string(),
         platform: policy.python.platform.clone(),
         packages: pinned,
     };
-    match venv::ensure_venv(&spec, &cache, &scriptbox::policy::lock::uv_command()) {
+    match venv::ensure_venv(&spec, &cache, &scriptbox::uv::program()) {
         Ok(handle) => {
             match format {
                 Format::Json => println!(

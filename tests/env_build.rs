@@ -15,10 +15,11 @@ fn repo() -> PathBuf {
 
 /// The real interpreter (not a shim), whose minor version the policies use.
 fn python() -> String {
-    let out = Command::new(std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -43,7 +44,11 @@ fn json(out: &Output) -> serde_json::Value {
 #[test]
 fn builds_once_then_hits_the_cache_by_content() {
     let cache = tempfile::tempdir().unwrap();
-    let first = json(&build(cache.path(), &["--policy", "strict", "--packages", "numpy"]).output().unwrap());
+    let first = json(
+        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(first["cache_hit"], false);
     let path = PathBuf::from(first["path"].as_str().unwrap());
     assert!(path.join("manifest.json").is_file());
@@ -51,20 +56,52 @@ fn builds_once_then_hits_the_cache_by_content() {
         .args(["-c", "import numpy; print(numpy.__version__)"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.4.6", "pinned by policies/strict.lock");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2.4.6",
+        "pinned by policies/strict.lock"
+    );
     // Bytecode was compiled at build time.
-    assert!(fs::read_dir(path.join("lib/python3.11/site-packages/numpy/__pycache__")).unwrap().count() > 0);
+    assert!(
+        fs::read_dir(path.join("lib/python3.11/site-packages/numpy/__pycache__"))
+            .unwrap()
+            .count()
+            > 0
+    );
     // Published environments are read-only.
-    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(path.join("lib")).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(path.join("lib")).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o222, 0, "no write bits");
-    let again = json(&build(cache.path(), &["--policy", "strict", "--packages", "numpy"]).output().unwrap());
+    let again = json(
+        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(again["cache_hit"], true);
     assert_eq!(again["key"], first["key"]);
     // pandas pulls numpy in: a different closure, a different key.
-    let pandas = json(&build(cache.path(), &["--policy", "strict", "--packages", "pandas"]).output().unwrap());
+    let pandas = json(
+        &build(
+            cache.path(),
+            &["--policy", "strict", "--packages", "pandas"],
+        )
+        .output()
+        .unwrap(),
+    );
     assert_ne!(pandas["key"], first["key"]);
-    assert!(pandas["packages"].as_array().unwrap().iter().any(|p| p == "numpy==2.4.6"));
+    assert!(
+        pandas["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "numpy==2.4.6")
+    );
 }
 
 #[test]
@@ -73,14 +110,35 @@ fn a_script_builds_its_allowed_dependencies() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("bot.py");
     fs::write(&script, "import numpy\nimport os\n").unwrap();
-    let by_script = json(&build(cache.path(), &["--policy", "strict", script.to_str().unwrap()]).output().unwrap());
-    let by_name = json(&build(cache.path(), &["--policy", "strict", "--packages", "numpy"]).output().unwrap());
-    assert_eq!(by_script["key"], by_name["key"], "keyed by content, never by script");
+    let by_script = json(
+        &build(
+            cache.path(),
+            &["--policy", "strict", script.to_str().unwrap()],
+        )
+        .output()
+        .unwrap(),
+    );
+    let by_name = json(
+        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        by_script["key"], by_name["key"],
+        "keyed by content, never by script"
+    );
     fs::write(&script, "import flask\n").unwrap();
-    let out = build(cache.path(), &["--policy", "strict", script.to_str().unwrap()]).output().unwrap();
+    let out = build(
+        cache.path(),
+        &["--policy", "strict", script.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'flask' is not allowed"));
-    let out = build(cache.path(), &["--policy", "strict", "--packages", "flask"]).output().unwrap();
+    let out = build(cache.path(), &["--policy", "strict", "--packages", "flask"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not pinned in the policy's lock"));
 }
@@ -89,11 +147,14 @@ fn a_script_builds_its_allowed_dependencies() {
 fn a_build_killed_midway_leaves_nothing_and_is_cleaned_up() {
     let cache = tempfile::tempdir().unwrap();
     let tmp = cache.path().join("envs/tmp");
-    let mut child = build(cache.path(), &["--policy", "strict", "--packages", "pandas"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = build(
+        cache.path(),
+        &["--policy", "strict", "--packages", "pandas"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     // Kill it as soon as its build directory exists.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) {
@@ -103,12 +164,28 @@ fn a_build_killed_midway_leaves_nothing_and_is_cleaned_up() {
     child.kill().unwrap();
     child.wait().unwrap();
     let published = cache.path().join("envs/venv");
-    let visible: Vec<_> = fs::read_dir(&published).map(|d| d.flatten().collect()).unwrap_or_default();
+    let visible: Vec<_> = fs::read_dir(&published)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(visible.is_empty(), "no half-built entry is visible");
-    assert!(fs::read_dir(&tmp).unwrap().count() > 0, "the leftover is still there");
-    let done = json(&build(cache.path(), &["--policy", "strict", "--packages", "pandas"]).output().unwrap());
+    assert!(
+        fs::read_dir(&tmp).unwrap().count() > 0,
+        "the leftover is still there"
+    );
+    let done = json(
+        &build(
+            cache.path(),
+            &["--policy", "strict", "--packages", "pandas"],
+        )
+        .output()
+        .unwrap(),
+    );
     assert_eq!(done["cache_hit"], false);
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "leftovers cleaned on the next build");
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "leftovers cleaned on the next build"
+    );
 }
 
 #[test]
@@ -130,5 +207,10 @@ fn concurrent_builds_of_one_key_build_once() {
     assert_eq!(results[0]["path"], results[1]["path"]);
     let built = results.iter().filter(|r| r["cache_hit"] == false).count();
     assert_eq!(built, 1, "exactly one process built it: {results:?}");
-    assert_eq!(fs::read_dir(cache.path().join("envs/venv")).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_dir(cache.path().join("envs/venv"))
+            .unwrap()
+            .count(),
+        1
+    );
 }

@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn order_does_not_matter_and_every_input_does() {
-        let a = [pkg("numpy", "2.0", "sha256:a"), pkg("six", "1.17.0", "sha256:b")];
+        let a = [
+            pkg("numpy", "2.0", "sha256:a"),
+            pkg("six", "1.17.0", "sha256:b"),
+        ];
         let b = [a[1].clone(), a[0].clone()];
         let key = |p: &[LockedPackage], v: &str, uv: &str| {
             KeyInputs::new("venv", v, "x86_64-manylinux_2_28", p, &["compile"], uv).key()
@@ -116,7 +119,14 @@ mod tests {
         assert_eq!(base, key(&b, "3.11.7", "uv 1"));
         assert_ne!(base, key(&a, "3.11.8", "uv 1"));
         assert_ne!(base, key(&a, "3.11.7", "uv 2"));
-        assert_ne!(base, key(&[pkg("numpy", "2.0", "sha256:c"), a[1].clone()], "3.11.7", "uv 1"));
+        assert_ne!(
+            base,
+            key(
+                &[pkg("numpy", "2.0", "sha256:c"), a[1].clone()],
+                "3.11.7",
+                "uv 1"
+            )
+        );
         assert_eq!(base.as_str().len(), 64);
     }
 }

@@ -9,8 +9,6 @@
 pub mod key;
 pub mod venv;
 
-use std::collections::BTreeSet;
-
 use pep508_rs::PackageName;
 
 use crate::policy::lock::{Lock, LockedPackage};
@@ -23,24 +21,12 @@ pub struct NotInLock(pub String);
 /// The pinned closure of `roots` in `lock`: the roots and, transitively,
 /// everything the lock says they need.
 pub fn closure(lock: &Lock, roots: &[PackageName]) -> Result<Vec<LockedPackage>, NotInLock> {
-    let mut chosen: BTreeSet<String> = BTreeSet::new();
     for root in roots {
         if !lock.packages.contains_key(root) {
             return Err(NotInLock(root.to_string()));
         }
-        chosen.insert(root.to_string());
     }
-    loop {
-        let before = chosen.len();
-        for pkg in lock.packages.values() {
-            if pkg.via.iter().any(|parent| chosen.contains(parent)) {
-                chosen.insert(pkg.name.to_string());
-            }
-        }
-        if chosen.len() == before {
-            break;
-        }
-    }
+    let chosen = lock.closure_of(roots.iter().map(ToString::to_string));
     Ok(lock
         .packages
         .values()
@@ -66,7 +52,10 @@ mod tests {
                 .map(|p| p.name.to_string())
                 .collect()
         };
-        assert_eq!(names(&["pandas"]), ["numpy", "pandas", "python-dateutil", "six"]);
+        assert_eq!(
+            names(&["pandas"]),
+            ["numpy", "pandas", "python-dateutil", "six"]
+        );
         assert_eq!(names(&["requests"]), ["requests"]);
         assert!(closure(&lock, &["flask".parse().unwrap()]).is_err());
     }

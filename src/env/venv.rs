@@ -17,25 +17,13 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::key::{EnvKey, KeyInputs};
 use crate::policy::lock::LockedPackage;
-
-/// Environment variables uv may see (everything else is cleared so that
-/// no `UV_*` setting can redirect the install).
-const UV_ENV_PASSTHROUGH: &[&str] = &[
-    "PATH",
-    "HOME",
-    "UV_CACHE_DIR",
-    "UV_HTTP_TIMEOUT",
-    "UV_HTTP_RETRIES",
-    "UV_HTTP_CONNECT_TIMEOUT",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
 
 /// Why an environment could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +37,9 @@ pub enum BuildError {
         reason: String,
     },
     /// uv could not be started.
-    #[error("cannot run uv ('{uv}'): {reason} (install it with `python3 -m pip install uv`, or set SCRIPTBOX_UV)")]
+    #[error(
+        "cannot run uv ('{uv}'): {reason} (install it with `python3 -m pip install uv`, or set SCRIPTBOX_UV)"
+    )]
     Uv {
         /// The uv command.
         uv: String,
@@ -102,7 +92,12 @@ pub struct Manifest {
 }
 
 /// Options that change what a venv build produces (part of the key).
-const BUILD_OPTIONS: &[&str] = &["compile-bytecode", "no-deps", "only-binary", "require-hashes"];
+const BUILD_OPTIONS: &[&str] = &[
+    "compile-bytecode",
+    "no-deps",
+    "only-binary",
+    "require-hashes",
+];
 
 /// The installer's version, which is part of every key; cached by the uv
 /// binary's identity so that a cache hit does not start uv.
@@ -143,13 +138,14 @@ pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle,
     let _guard = span.enter();
     let root = cache.join("envs");
     let published = root.join("venv").join(key.as_str());
+    let hit = |key: EnvKey, path: PathBuf| EnvHandle {
+        key,
+        path,
+        cache_hit: true,
+        build_seconds: 0.0,
+    };
     if published.join("manifest.json").is_file() {
-        return Ok(EnvHandle {
-            key,
-            path: published,
-            cache_hit: true,
-            build_seconds: 0.0,
-        });
+        return Ok(hit(key, published));
     }
     let cache_err = |path: &Path, e: std::io::Error| BuildError::Cache {
         path: path.to_path_buf(),
@@ -163,12 +159,7 @@ pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle,
     let lock = fs::File::create(&lock_path).map_err(|e| cache_err(&lock_path, e))?;
     lock.lock().map_err(|e| cache_err(&lock_path, e))?;
     if published.join("manifest.json").is_file() {
-        return Ok(EnvHandle {
-            key,
-            path: published,
-            cache_hit: true,
-            build_seconds: 0.0,
-        });
+        return Ok(hit(key, published));
     }
     clean_leftovers(&root);
     let started = Instant::now();
@@ -230,29 +221,6 @@ fn clean_leftovers(root: &Path) {
     }
 }
 
-fn uv_command(uv: &str, cwd: &Path) -> Command {
-    let mut cmd = Command::new(uv);
-    cmd.current_dir(cwd)
-        .env_clear()
-        .envs(
-            UV_ENV_PASSTHROUGH
-                .iter()
-                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
-        )
-        .stdin(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls prctl, which is async-signal-safe. It makes uv die with us, so
-    // a killed build cannot leave uv writing into a directory the next
-    // build is about to clean up.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
-}
-
 fn run_step(mut cmd: Command, step: &str, uv: &str) -> Result<(), BuildError> {
     let out = cmd.output().map_err(|e| BuildError::Uv {
         uv: uv.into(),
@@ -267,9 +235,14 @@ fn run_step(mut cmd: Command, step: &str, uv: &str) -> Result<(), BuildError> {
     })
 }
 
-fn build_into(work: &Path, spec: &VenvSpec, inputs: &KeyInputs, uv: &str) -> Result<(), BuildError> {
+fn build_into(
+    work: &Path,
+    spec: &VenvSpec,
+    inputs: &KeyInputs,
+    uv: &str,
+) -> Result<(), BuildError> {
     let venv = work;
-    let mut create = uv_command(uv, work);
+    let mut create = crate::uv::command(uv, work);
     create
         .args(["venv", "--quiet", "--relocatable", "--python"])
         .arg(&spec.python)
@@ -292,11 +265,18 @@ fn build_into(work: &Path, spec: &VenvSpec, inputs: &KeyInputs, uv: &str) -> Res
                 path: requirements.clone(),
                 reason: e.to_string(),
             })?;
-        let mut install = uv_command(uv, work);
+        let mut install = crate::uv::command(uv, work);
         install
             .args(["pip", "install", "--quiet", "--no-config", "--python"])
             .arg(venv.join("bin").join("python"))
-            .args(["--require-hashes", "--no-deps", "--only-binary", ":all:", "--compile-bytecode", "-r"])
+            .args([
+                "--require-hashes",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--compile-bytecode",
+                "-r",
+            ])
             .arg(&requirements);
         run_step(install, "installing the pinned packages", uv)?;
         let _ = fs::remove_file(&requirements);
@@ -308,11 +288,13 @@ fn build_into(work: &Path, spec: &VenvSpec, inputs: &KeyInputs, uv: &str) -> Res
             .map_or(0, |d| d.as_secs()),
     };
     let path = work.join("manifest.json");
-    fs::write(&path, serde_json::to_vec_pretty(&manifest).expect("manifest serialises")).map_err(|e| {
-        BuildError::Cache {
-            path,
-            reason: e.to_string(),
-        }
+    fs::write(
+        &path,
+        serde_json::to_vec_pretty(&manifest).expect("manifest serialises"),
+    )
+    .map_err(|e| BuildError::Cache {
+        path,
+        reason: e.to_string(),
     })
 }
 
@@ -320,7 +302,11 @@ fn build_into(work: &Path, spec: &VenvSpec, inputs: &KeyInputs, uv: &str) -> Res
 /// by every script that needs them and must not change.
 fn set_read_only(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(dir).contents_first(true).into_iter().flatten() {
+    for entry in walkdir::WalkDir::new(dir)
+        .contents_first(true)
+        .into_iter()
+        .flatten()
+    {
         if entry.path_is_symlink() {
             continue;
         }

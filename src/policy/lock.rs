@@ -8,10 +8,10 @@
 //! the policy does not list is allowed only because the lock shows an allowed
 //! package needs it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pep508_rs::PackageName;
 
@@ -20,20 +20,6 @@ use super::Policy;
 /// The name of the requirements file uv reads; `# via -r allowed.in` in the
 /// lock marks packages the policy lists itself.
 pub const DIRECT_MARKER: &str = "-r allowed.in";
-
-/// Environment variables passed to uv. Everything else is cleared: uv reads
-/// `UV_INDEX_URL`, `UV_CONSTRAINT` and the like from the environment even
-/// with `--no-config`, and the policy alone must decide the resolution.
-const UV_ENV_PASSTHROUGH: &[&str] = &[
-    "PATH",
-    "HOME",
-    "UV_CACHE_DIR",
-    "UV_HTTP_TIMEOUT",
-    "UV_HTTP_RETRIES",
-    "UV_HTTP_CONNECT_TIMEOUT",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
 
 /// Why a policy could not be locked.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +144,22 @@ impl Lock {
         lock
     }
 
+    /// `roots` and, transitively, every package the lock says they need.
+    pub fn closure_of(&self, roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        let mut chosen: BTreeSet<String> = roots.into_iter().collect();
+        loop {
+            let before = chosen.len();
+            for pkg in self.packages.values() {
+                if pkg.via.iter().any(|parent| chosen.contains(parent)) {
+                    chosen.insert(pkg.name.to_string());
+                }
+            }
+            if chosen.len() == before {
+                return chosen;
+            }
+        }
+    }
+
     /// The allowed packages that pull `name` in, when the lock has it only
     /// as a dependency.
     pub fn required_by(&self, name: &PackageName) -> Option<Vec<String>> {
@@ -170,11 +172,6 @@ impl Lock {
             .collect();
         Some(parents)
     }
-}
-
-/// The uv command: `$SCRIPTBOX_UV`, else `uv` on PATH.
-pub fn uv_command() -> String {
-    std::env::var("SCRIPTBOX_UV").unwrap_or_else(|_| "uv".into())
 }
 
 /// Resolves the policy's allowed set with uv and writes `policies/NAME.lock`
@@ -201,15 +198,8 @@ pub fn lock_policy(policy: &Policy, uv: &str) -> Result<(PathBuf, usize), LockEr
         reason: e.to_string(),
     })?;
 
-    let mut cmd = Command::new(uv);
-    cmd.current_dir(work.path())
-        .env_clear()
-        .envs(
-            UV_ENV_PASSTHROUGH
-                .iter()
-                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
-        )
-        .args([
+    let mut cmd = crate::uv::command(uv, work.path());
+    cmd.args([
             "pip",
             "compile",
             "--no-config",
@@ -226,8 +216,7 @@ pub fn lock_policy(policy: &Policy, uv: &str) -> Result<(PathBuf, usize), LockEr
         ])
         .args(["--python-version", &format!("3.{}", policy.python.minor)])
         .args(["--python-platform", &policy.python.platform])
-        .args(["--default-index", &policy.install.index])
-        .stdin(Stdio::null());
+        .args(["--default-index", &policy.install.index]);
     if policy.install.wheels_only {
         cmd.args(["--only-binary", ":all:"]);
     }

@@ -165,19 +165,7 @@ impl Policy {
         }
         let Some(lock) = &self.lock else { return false };
         // The base closure: preinstalled packages and everything they pull in.
-        let mut base: std::collections::HashSet<String> =
-            self.preinstalled.iter().map(ToString::to_string).collect();
-        loop {
-            let before = base.len();
-            for pkg in lock.packages.values() {
-                if pkg.via.iter().any(|parent| base.contains(parent)) {
-                    base.insert(pkg.name.to_string());
-                }
-            }
-            if base.len() == before {
-                break;
-            }
-        }
+        let base = lock.closure_of(self.preinstalled.iter().map(ToString::to_string));
         base.contains(name.as_ref())
     }
 
