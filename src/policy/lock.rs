@@ -200,23 +200,23 @@ pub fn lock_policy(policy: &Policy, uv: &str) -> Result<(PathBuf, usize), LockEr
 
     let mut cmd = crate::uv::command(uv, work.path());
     cmd.args([
-            "pip",
-            "compile",
-            "--no-config",
-            "allowed.in",
-            "-o",
-            "resolved.txt",
-            "-q",
-        ])
-        .args([
-            "--generate-hashes",
-            "--no-header",
-            "--annotation-style",
-            "split",
-        ])
-        .args(["--python-version", &format!("3.{}", policy.python.minor)])
-        .args(["--python-platform", &policy.python.platform])
-        .args(["--default-index", &policy.install.index]);
+        "pip",
+        "compile",
+        "--no-config",
+        "allowed.in",
+        "-o",
+        "resolved.txt",
+        "-q",
+    ])
+    .args([
+        "--generate-hashes",
+        "--no-header",
+        "--annotation-style",
+        "split",
+    ])
+    .args(["--python-version", &format!("3.{}", policy.python.minor)])
+    .args(["--python-platform", &policy.python.platform])
+    .args(["--default-index", &policy.install.index]);
     if policy.install.wheels_only {
         cmd.args(["--only-binary", ":all:"]);
     }
