@@ -72,6 +72,26 @@ enum EnvCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// List cached environments, least recently used first.
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Remove one cached environment by key (or a unique key prefix).
+    Rm {
+        /// The key, or a prefix of it.
+        key: String,
+    },
+    /// Evict least recently used environments.
+    Prune {
+        /// Keep the cache at most this large (e.g. 20G).
+        #[arg(long, value_parser = scriptbox::units::parse_size)]
+        max_size: Option<u64>,
+        /// Remove environments unused for longer than this (e.g. 30d).
+        #[arg(long, value_parser = scriptbox::units::parse_duration)]
+        max_age: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +200,7 @@ fn main() -> ExitCode {
             python,
             format,
         }) => run_env_build(script, &packages, &policy, &python, format),
+        Command::Env(command) => run_env_store(command),
     }
 }
 
@@ -672,5 +693,77 @@ fn run_env_build(
             ExitCode::SUCCESS
         }
         Err(e) => fail(EXIT_USAGE, e.to_string()),
+    }
+}
+
+fn run_env_store(command: EnvCommand) -> ExitCode {
+    use scriptbox::env::store;
+    let Some(envs) = default_cache_dir().map(|d| d.join("envs")) else {
+        eprintln!("scriptbox: error: no cache directory (set SCRIPTBOX_CACHE_DIR)");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let time = |secs: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+    };
+    let show = |e: &store::EnvEntry| {
+        format!(
+            "{}  {}  {:>8.1} MiB  created {}  last used {}  hits {}",
+            &e.key[..16],
+            e.kind,
+            e.size as f64 / (1024.0 * 1024.0),
+            time(e.created),
+            time(e.last_used),
+            e.hits
+        )
+    };
+    match command {
+        EnvCommand::Ls { format } => {
+            for entry in store::list(&envs) {
+                match format {
+                    Format::Json => {
+                        println!("{}", serde_json::to_string(&entry).expect("serialises"))
+                    }
+                    Format::Text => println!("{}", show(&entry)),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        EnvCommand::Rm { key } => match store::remove(&envs, &key) {
+            Ok(entry) => {
+                println!("removed {}", show(&entry));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("scriptbox: error: {e}");
+                ExitCode::from(if matches!(e, store::RemoveError::Io { .. }) {
+                    EXIT_USAGE
+                } else {
+                    1
+                })
+            }
+        },
+        EnvCommand::Prune { max_size, max_age } => {
+            if max_size.is_none() && max_age.is_none() {
+                eprintln!(
+                    "scriptbox: error: say what to prune: --max-size SIZE and/or --max-age DURATION"
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            match store::prune(&envs, max_size, max_age) {
+                Ok(removed) => {
+                    for entry in &removed {
+                        println!("removed {}", show(entry));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("scriptbox: error: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+        EnvCommand::Build { .. } => unreachable!("handled by run_env_build"),
     }
 }

@@ -214,3 +214,60 @@ fn concurrent_builds_of_one_key_build_once() {
         1
     );
 }
+
+#[test]
+fn ls_rm_and_prune_least_recently_used_first() {
+    let cache = tempfile::tempdir().unwrap();
+    let numpy = json(
+        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
+            .output()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let pandas = json(
+        &build(
+            cache.path(),
+            &["--policy", "strict", "--packages", "pandas"],
+        )
+        .output()
+        .unwrap(),
+    );
+    let env = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("env")
+            .args(args)
+            .env("SCRIPTBOX_CACHE_DIR", cache.path())
+            .output()
+            .unwrap()
+    };
+    let ls = env(&["ls", "--format", "json"]);
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["key"], numpy["key"], "least recently used first");
+    assert!(entries[1]["size"].as_u64().unwrap() > entries[0]["size"].as_u64().unwrap());
+    // A size budget below both evicts the least recently used until it fits.
+    let pandas_size = entries[1]["size"].as_u64().unwrap();
+    let out = env(&["prune", "--max-size", &format!("{}", pandas_size + 1)]);
+    assert!(out.status.success());
+    let ls = env(&["ls", "--format", "json"]);
+    let left: Vec<serde_json::Value> = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["key"], pandas["key"]);
+    let key = pandas["key"].as_str().unwrap();
+    let out = env(&["rm", &key[..12]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(pandas["path"].as_str().unwrap()).exists());
+    let out = env(&["rm", &key[..12]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cached environment"));
+}

@@ -7,6 +7,7 @@
 //! keyed by what they contain ([`key::EnvKey`]), never by script.
 
 pub mod key;
+pub mod store;
 pub mod venv;
 
 use pep508_rs::PackageName;

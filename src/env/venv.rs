@@ -89,6 +89,9 @@ pub struct Manifest {
     pub inputs: serde_json::Value,
     /// When it was built (seconds since the epoch).
     pub created: u64,
+    /// Bytes on disk, measured at build time.
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// Options that change what a venv build produces (part of the key).
@@ -145,6 +148,7 @@ pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle,
         build_seconds: 0.0,
     };
     if published.join("manifest.json").is_file() {
+        super::store::record_use(&root, key.as_str());
         return Ok(hit(key, published));
     }
     let cache_err = |path: &Path, e: std::io::Error| BuildError::Cache {
@@ -159,6 +163,7 @@ pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle,
     let lock = fs::File::create(&lock_path).map_err(|e| cache_err(&lock_path, e))?;
     lock.lock().map_err(|e| cache_err(&lock_path, e))?;
     if published.join("manifest.json").is_file() {
+        super::store::record_use(&root, key.as_str());
         return Ok(hit(key, published));
     }
     clean_leftovers(&root);
@@ -178,6 +183,7 @@ pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle,
     }
     fs::rename(&work, &published).map_err(|e| cache_err(&published, e))?;
     let _ = fs::remove_file(work.with_extension("claim"));
+    super::store::record_use(&root, key.as_str());
     Ok(EnvHandle {
         key,
         path: published,
@@ -286,6 +292,7 @@ fn build_into(
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        size: super::store::disk_size(work),
     };
     let path = work.join("manifest.json");
     fs::write(
@@ -319,7 +326,7 @@ fn set_read_only(dir: &Path) {
 
 /// Restores write permission (directories need it for their entries to be
 /// removed), then removes the tree.
-fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
         if entry.file_type().is_dir() {
