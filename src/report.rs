@@ -156,25 +156,17 @@ pub fn error_line(path: &Path, error: &ValidateError) -> String {
 /// platform's missing-packages message when something required is missing.
 pub fn to_text(report: &ValidationReport) -> String {
     let mut out = String::new();
-    let python = match &report.python {
-        Some(p) => format!("Python {} ({})", report.python_version, p.display()),
-        None => format!("Python {} (bare: nothing installed)", report.python_version),
+    let target = match (&report.policy, &report.python) {
+        (Some(p), _) => format!("under policy '{}' ({})", p.name, p.path.display()),
+        (None, Some(python)) => format!("({})", python.display()),
+        (None, None) => "(bare: nothing installed)".to_string(),
     };
-    match &report.policy {
-        Some(p) => {
-            let _ = writeln!(
-                out,
-                "{}: Python {} under policy '{}' ({})",
-                report.path.display(),
-                report.python_version,
-                p.name,
-                p.path.display()
-            );
-        }
-        None => {
-            let _ = writeln!(out, "{}: {python}", report.path.display());
-        }
-    }
+    let _ = writeln!(
+        out,
+        "{}: Python {} {target}",
+        report.path.display(),
+        report.python_version
+    );
     if report.imports.is_empty() {
         let _ = writeln!(out, "  no imports");
     }

@@ -41,14 +41,19 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
+/// `env build --policy strict --packages NAME`, which must succeed.
+fn build_strict(cache: &Path, package: &str) -> serde_json::Value {
+    json(
+        &build(cache, &["--policy", "strict", "--packages", package])
+            .output()
+            .unwrap(),
+    )
+}
+
 #[test]
 fn builds_once_then_hits_the_cache_by_content() {
     let cache = tempfile::tempdir().unwrap();
-    let first = json(
-        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
-            .output()
-            .unwrap(),
-    );
+    let first = build_strict(cache.path(), "numpy");
     assert_eq!(first["cache_hit"], false);
     let path = PathBuf::from(first["path"].as_str().unwrap());
     assert!(path.join("manifest.json").is_file());
@@ -78,11 +83,7 @@ fn builds_once_then_hits_the_cache_by_content() {
         &fs::metadata(path.join("lib")).unwrap().permissions(),
     );
     assert_eq!(mode & 0o222, 0, "no write bits");
-    let again = json(
-        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
-            .output()
-            .unwrap(),
-    );
+    let again = build_strict(cache.path(), "numpy");
     assert_eq!(again["cache_hit"], true);
     assert_eq!(again["key"], first["key"]);
     // pandas pulls numpy in: a different closure, a different key.
@@ -118,11 +119,7 @@ fn a_script_builds_its_allowed_dependencies() {
         .output()
         .unwrap(),
     );
-    let by_name = json(
-        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
-            .output()
-            .unwrap(),
-    );
+    let by_name = build_strict(cache.path(), "numpy");
     assert_eq!(
         by_script["key"], by_name["key"],
         "keyed by content, never by script"
@@ -218,11 +215,7 @@ fn concurrent_builds_of_one_key_build_once() {
 #[test]
 fn ls_rm_and_prune_least_recently_used_first() {
     let cache = tempfile::tempdir().unwrap();
-    let numpy = json(
-        &build(cache.path(), &["--policy", "strict", "--packages", "numpy"])
-            .output()
-            .unwrap(),
-    );
+    let numpy = build_strict(cache.path(), "numpy");
     std::thread::sleep(Duration::from_millis(1100));
     let pandas = json(
         &build(
