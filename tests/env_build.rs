@@ -87,14 +87,7 @@ fn builds_once_then_hits_the_cache_by_content() {
     assert_eq!(again["cache_hit"], true);
     assert_eq!(again["key"], first["key"]);
     // pandas pulls numpy in: a different closure, a different key.
-    let pandas = json(
-        &build(
-            cache.path(),
-            &["--policy", "strict", "--packages", "pandas"],
-        )
-        .output()
-        .unwrap(),
-    );
+    let pandas = build_strict(cache.path(), "pandas");
     assert_ne!(pandas["key"], first["key"]);
     assert!(
         pandas["packages"]
@@ -169,14 +162,7 @@ fn a_build_killed_midway_leaves_nothing_and_is_cleaned_up() {
         fs::read_dir(&tmp).unwrap().count() > 0,
         "the leftover is still there"
     );
-    let done = json(
-        &build(
-            cache.path(),
-            &["--policy", "strict", "--packages", "pandas"],
-        )
-        .output()
-        .unwrap(),
-    );
+    let done = build_strict(cache.path(), "pandas");
     assert_eq!(done["cache_hit"], false);
     assert_eq!(
         fs::read_dir(&tmp).unwrap().count(),
@@ -217,14 +203,7 @@ fn ls_rm_and_prune_least_recently_used_first() {
     let cache = tempfile::tempdir().unwrap();
     let numpy = build_strict(cache.path(), "numpy");
     std::thread::sleep(Duration::from_millis(1100));
-    let pandas = json(
-        &build(
-            cache.path(),
-            &["--policy", "strict", "--packages", "pandas"],
-        )
-        .output()
-        .unwrap(),
-    );
+    let pandas = build_strict(cache.path(), "pandas");
     let env = |args: &[&str]| {
         Command::new(BIN)
             .arg("env")
@@ -233,11 +212,13 @@ fn ls_rm_and_prune_least_recently_used_first() {
             .output()
             .unwrap()
     };
-    let ls = env(&["ls", "--format", "json"]);
-    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let ls = || -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&env(&["ls", "--format", "json"]).stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let entries = ls();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0]["key"], numpy["key"], "least recently used first");
     assert!(entries[1]["size"].as_u64().unwrap() > entries[0]["size"].as_u64().unwrap());
@@ -245,11 +226,7 @@ fn ls_rm_and_prune_least_recently_used_first() {
     let pandas_size = entries[1]["size"].as_u64().unwrap();
     let out = env(&["prune", "--max-size", &format!("{}", pandas_size + 1)]);
     assert!(out.status.success());
-    let ls = env(&["ls", "--format", "json"]);
-    let left: Vec<serde_json::Value> = String::from_utf8_lossy(&ls.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let left = ls();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["key"], pandas["key"]);
     let key = pandas["key"].as_str().unwrap();
