@@ -138,6 +138,44 @@ impl InstalledIndex {
         self.dists.is_empty()
     }
 
+    /// Every distribution found, in `sys.path` order.
+    pub fn distributions(&self) -> &[InstalledDistribution] {
+        &self.dists
+    }
+
+    /// Adds `lower`'s contents behind this index's, as if its directories
+    /// came later on `sys.path` (an image layer over its base).
+    pub fn merge(&mut self, lower: InstalledIndex) {
+        let mut ids = Vec::with_capacity(lower.dists.len());
+        for (old, dist) in lower.dists.into_iter().enumerate() {
+            let normalized = normalize_distribution(&dist.name);
+            if let Some(&existing) = self.by_name.get(&normalized) {
+                ids.push((old, None, existing));
+                continue; // shadowed by the upper layer
+            }
+            let id = self.dists.len();
+            self.dists.push(dist);
+            self.by_name.insert(normalized, id);
+            ids.push((old, Some(id), id));
+        }
+        let remap = |old: &usize| ids.iter().find(|(o, new, _)| o == old && new.is_some());
+        for (module, owners) in lower.roots {
+            let mapped: Vec<usize> = owners.iter().filter_map(remap).map(|t| t.2).collect();
+            if !mapped.is_empty() {
+                self.roots.entry(module).or_default().extend(mapped);
+            }
+        }
+        for (ns, owners) in lower.namespaces {
+            let entry = self.namespaces.entry(ns).or_default();
+            for id in owners.iter().filter_map(remap).map(|t| t.2) {
+                if !entry.contains(&id) {
+                    entry.push(id);
+                }
+            }
+        }
+        self.on_path.extend(lower.on_path);
+    }
+
     fn dists_of(&self, ids: &[usize]) -> InstalledMatch<'_> {
         InstalledMatch::Distributions(ids.iter().map(|&i| &self.dists[i]).collect())
     }

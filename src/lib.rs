@@ -19,7 +19,9 @@
 //! (PEP 503), [`report`] (text and JSON output).
 
 pub mod cache;
+pub mod engine;
 pub mod env;
+pub mod images;
 pub mod import_map;
 pub mod imports;
 pub mod inline_metadata;

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod cli;
+use cli::env::EnvCommand;
+use cli::image::ImageCommand;
 use rayon::prelude::*;
 
 use scriptbox::cache::default_cache_dir;
@@ -18,7 +22,7 @@ use scriptbox::target::TargetPython;
 use scriptbox::validate::{ValidateOptions, Verdict, validate_file};
 
 /// Exit code for bad arguments or an unusable environment (same as unusable input).
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -43,55 +47,12 @@ enum Command {
     /// Check and explain the administrators' whitelist policies (policies/*.toml).
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Build and inspect cached environments.
+    /// Build and inspect cached environments (venv layers and images).
     #[command(subcommand)]
     Env(EnvCommand),
-}
-
-#[derive(Subcommand)]
-enum EnvCommand {
-    /// Build (or find) the venv layer holding a script's allowed packages, or
-    /// the given packages, pinned by the policy's lock.
-    ///
-    /// Exit status: 0 ready, 1 the policy refuses the script or a package is
-    /// not in the lock, 2 build failure or bad arguments.
-    Build {
-        /// A script whose dependencies to install (validated under the policy).
-        #[arg(required_unless_present = "packages", conflicts_with = "packages")]
-        script: Option<PathBuf>,
-        /// Distribution names to install instead of a script's.
-        #[arg(long, num_args = 1.., value_name = "NAME")]
-        packages: Vec<String>,
-        /// Policy name in policies/, or a path to a policy file.
-        #[arg(long, default_value = "default")]
-        policy: String,
-        /// The interpreter to base the venv on (its minor version must be the policy's).
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// List cached environments, least recently used first.
-    Ls {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-    },
-    /// Remove one cached environment by key (or a unique key prefix).
-    Rm {
-        /// The key, or a prefix of it.
-        key: String,
-    },
-    /// Evict least recently used environments.
-    Prune {
-        /// Keep the cache at most this large (e.g. 20G).
-        #[arg(long, value_parser = scriptbox::units::parse_size)]
-        max_size: Option<u64>,
-        /// Remove environments unused for longer than this (e.g. 30d).
-        #[arg(long, value_parser = scriptbox::units::parse_duration)]
-        max_age: Option<std::time::Duration>,
-    },
+    /// Build the base images in images/ through the Docker engine.
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
 
 #[derive(Subcommand)]
@@ -131,7 +92,7 @@ enum PolicyCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     /// A report for people, with the exact pip command for what is missing.
     Text,
     /// One JSON object per script (JSON Lines), schema `scriptbox.validate/1`.
@@ -161,6 +122,11 @@ struct ValidateArgs {
     /// path): the target becomes the policy's base environment.
     #[arg(long, value_name = "POLICY", conflicts_with = "python")]
     policy: Option<String>,
+
+    /// Validate against what a Docker image holds, from the manifest
+    /// scriptbox recorded when it built the image (no container is started).
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["python_version", "python"])]
+    image: Option<String>,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -197,10 +163,21 @@ fn main() -> ExitCode {
             script,
             packages,
             policy,
+            backend,
             python,
+            base_image,
             format,
-        }) => run_env_build(script, &packages, &policy, &python, format),
-        Command::Env(command) => run_env_store(command),
+        }) => cli::env::run_build(
+            script,
+            &packages,
+            &policy,
+            backend,
+            &python,
+            base_image.as_deref(),
+            format,
+        ),
+        Command::Env(command) => cli::env::run_store(command),
+        Command::Image(command) => cli::image::run(command),
     }
 }
 
@@ -312,12 +289,47 @@ fn render(
     }
 }
 
+/// The Python of `image`, from the manifest scriptbox recorded on it.
+fn image_target(image: &str) -> Result<TargetPython, String> {
+    use scriptbox::engine::{Engine, EngineError, labels};
+    use scriptbox::env::image::ImageManifest;
+    let engine = Engine::connect().map_err(|e| e.to_string())?;
+    let info = engine
+        .image(image)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| EngineError::NoSuchImage(image.into()).to_string())?;
+    let (version, installed) = match ImageManifest::of(&info) {
+        Some(m) => (m.python, m.installed),
+        None => match info.label(labels::PYTHON) {
+            // A base image with nothing installed records only its Python.
+            Some(v) if info.label(labels::MANIFEST).is_none() => {
+                (v.to_string(), Default::default())
+            }
+            _ => {
+                return Err(format!(
+                    "image '{image}' has no scriptbox manifest (build it with `scriptbox env build --backend docker` or `scriptbox image build`)"
+                ));
+            }
+        },
+    };
+    TargetPython::from_manifest(&version, installed).map_err(|e| e.to_string())
+}
+
 fn run_validate(args: ValidateArgs) -> ExitCode {
     let policy = match args.policy.as_deref().map(load_policy).transpose() {
         Ok(p) => p,
         Err(code) => return code,
     };
     let target = match (&policy, &args.python_version) {
+        _ if args.image.is_some() => {
+            match image_target(args.image.as_deref().unwrap_or_default()) {
+                Ok(t) => Ok(t),
+                Err(message) => {
+                    eprintln!("scriptbox: error: {message}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
         (Some(p), _) => TargetPython::bare(&format!("3.{}", p.python.minor)),
         (None, Some(version)) => TargetPython::bare(version),
         (None, None) => {
@@ -469,7 +481,7 @@ fn run_policy_check(paths: Vec<PathBuf>, format: Format) -> ExitCode {
 
 /// Loads a policy by name or path; on failure prints its diagnostics and
 /// returns the exit code to use.
-fn load_policy(spec: &str) -> Result<scriptbox::policy::Policy, ExitCode> {
+pub(crate) fn load_policy(spec: &str) -> Result<scriptbox::policy::Policy, ExitCode> {
     use scriptbox::policy::{PolicyLoadError, load, resolve_policy_path};
     let path = resolve_policy_path(spec, Path::new(POLICIES_DIR));
     match load(&path) {
@@ -541,229 +553,5 @@ fn run_policy_lock(policy: &str) -> ExitCode {
             eprintln!("scriptbox: error: {e}");
             ExitCode::from(EXIT_USAGE)
         }
-    }
-}
-
-fn run_env_build(
-    script: Option<PathBuf>,
-    packages: &[String],
-    policy: &str,
-    python: &str,
-    format: Format,
-) -> ExitCode {
-    use scriptbox::env::{closure, venv};
-    use scriptbox::policy::verdict::PolicyStatus;
-    let fail = |code: u8, message: String| {
-        eprintln!("scriptbox: error: {message}");
-        ExitCode::from(code)
-    };
-    let policy = match load_policy(policy) {
-        Ok(p) => std::sync::Arc::new(p),
-        Err(code) => return code,
-    };
-    let Some(lock) = policy.lock.as_ref() else {
-        return fail(
-            1,
-            format!(
-                "{} has no lock; run `scriptbox policy lock --policy {}`",
-                policy.path.display(),
-                policy.name
-            ),
-        );
-    };
-    let cache = match default_cache_dir() {
-        Some(dir) => dir,
-        None => {
-            return fail(
-                EXIT_USAGE,
-                "no cache directory (set SCRIPTBOX_CACHE_DIR)".into(),
-            );
-        }
-    };
-    let target = match TargetPython::from_interpreter(python, Some(&cache)) {
-        Ok(t) => t,
-        Err(e) => return fail(EXIT_USAGE, e.to_string()),
-    };
-    if target.minor != policy.python.minor {
-        return fail(
-            EXIT_USAGE,
-            format!(
-                "{python} is Python {}, but policy '{}' targets Python 3.{}",
-                target.version, policy.name, policy.python.minor
-            ),
-        );
-    }
-    let names: Vec<String> = match &script {
-        None => packages.to_vec(),
-        Some(path) => {
-            let options = ValidateOptions {
-                policy: Some(policy.clone()),
-                sibling_modules: false,
-                ..ValidateOptions::default()
-            };
-            let bare = match TargetPython::bare(&format!("3.{}", policy.python.minor)) {
-                Ok(t) => t,
-                Err(e) => return fail(EXIT_USAGE, e.to_string()),
-            };
-            let report = match validate_file(path, &bare, &options) {
-                Ok(r) => r,
-                Err(e) => return fail(EXIT_USAGE, format!("{}: {e}", path.display())),
-            };
-            match report.verdict() {
-                Verdict::Invalid => {
-                    return fail(
-                        EXIT_USAGE,
-                        format!(
-                            "{}: the script is unusable; run `scriptbox validate` on it",
-                            path.display()
-                        ),
-                    );
-                }
-                Verdict::Forbidden => {
-                    return fail(
-                        1,
-                        format!(
-                            "{}: refused by policy '{}':\n  {}",
-                            path.display(),
-                            policy.name,
-                            report.forbidden.join("\n  ")
-                        ),
-                    );
-                }
-                _ => {}
-            }
-            report
-                .dependencies
-                .iter()
-                .filter(|d| {
-                    d.policy.as_ref().is_some_and(|j| {
-                        matches!(
-                            j.status,
-                            PolicyStatus::Available | PolicyStatus::Installable
-                        )
-                    })
-                })
-                .map(|d| d.normalized.clone())
-                .collect()
-        }
-    };
-    let mut roots = Vec::new();
-    for name in &names {
-        match name.parse::<pep508_rs::PackageName>() {
-            Ok(n) => roots.push(n),
-            Err(e) => return fail(EXIT_USAGE, format!("invalid package name '{name}': {e}")),
-        }
-    }
-    let pinned = match closure(lock, &roots) {
-        Ok(p) => p,
-        Err(e) => return fail(1, e.to_string()),
-    };
-    let spec = venv::VenvSpec {
-        python: target
-            .executable
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(python)),
-        python_version: target.version.to_string(),
-        platform: policy.python.platform.clone(),
-        packages: pinned,
-    };
-    match venv::ensure_venv(&spec, &cache, &scriptbox::uv::program()) {
-        Ok(handle) => {
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({
-                        "schema": "scriptbox.env-build/1",
-                        "key": handle.key,
-                        "kind": "venv",
-                        "path": handle.path,
-                        "cache_hit": handle.cache_hit,
-                        "build_seconds": handle.build_seconds,
-                        "packages": spec.packages.iter().map(|p| format!("{}=={}", p.name, p.version)).collect::<Vec<_>>(),
-                    })
-                ),
-                Format::Text => println!(
-                    "{} venv {} ({} packages) at {}",
-                    if handle.cache_hit { "found" } else { "built" },
-                    handle.key.short(),
-                    spec.packages.len(),
-                    handle.path.display()
-                ),
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(EXIT_USAGE, e.to_string()),
-    }
-}
-
-fn run_env_store(command: EnvCommand) -> ExitCode {
-    use scriptbox::env::store;
-    let Some(envs) = default_cache_dir().map(|d| d.join("envs")) else {
-        eprintln!("scriptbox: error: no cache directory (set SCRIPTBOX_CACHE_DIR)");
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let time = |secs: u64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-        )
-    };
-    let show = |e: &store::EnvEntry| {
-        format!(
-            "{}  {}  {:>8.1} MiB  created {}  last used {}  hits {}",
-            &e.key[..16],
-            e.kind,
-            e.size as f64 / (1024.0 * 1024.0),
-            time(e.created),
-            time(e.last_used),
-            e.hits
-        )
-    };
-    match command {
-        EnvCommand::Ls { format } => {
-            for entry in store::list(&envs) {
-                match format {
-                    Format::Json => {
-                        println!("{}", serde_json::to_string(&entry).expect("serialises"))
-                    }
-                    Format::Text => println!("{}", show(&entry)),
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        EnvCommand::Rm { key } => match store::remove(&envs, &key) {
-            Ok(entry) => {
-                println!("removed {}", show(&entry));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("scriptbox: error: {e}");
-                ExitCode::from(if matches!(e, store::RemoveError::Io { .. }) {
-                    EXIT_USAGE
-                } else {
-                    1
-                })
-            }
-        },
-        EnvCommand::Prune { max_size, max_age } => {
-            if max_size.is_none() && max_age.is_none() {
-                eprintln!(
-                    "scriptbox: error: say what to prune: --max-size SIZE and/or --max-age DURATION"
-                );
-                return ExitCode::from(EXIT_USAGE);
-            }
-            match store::prune(&envs, max_size, max_age) {
-                Ok(removed) => {
-                    for entry in &removed {
-                        println!("removed {}", show(entry));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("scriptbox: error: {e}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            }
-        }
-        EnvCommand::Build { .. } => unreachable!("handled by run_env_build"),
     }
 }

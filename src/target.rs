@@ -226,6 +226,29 @@ impl TargetPython {
         })
     }
 
+    /// The Python of an image, from the manifest recorded at build time:
+    /// CPython `version` (X.Y.Z) with `installed` on its path.
+    pub fn from_manifest(
+        version: &str,
+        installed: InstalledIndex,
+    ) -> Result<TargetPython, TargetError> {
+        let bad = || TargetError::BadVersion(version.to_string());
+        let parsed = Version::from_str(version).map_err(|_| bad())?;
+        let release = parsed.release();
+        if release.first() != Some(&3) || release.len() < 2 {
+            return Err(bad());
+        }
+        let minor = u8::try_from(release[1]).map_err(|_| bad())?;
+        Ok(TargetPython {
+            version: parsed,
+            minor,
+            executable: None,
+            sys_path: Vec::new(),
+            markers: MarkerValues::linux_cpython(version),
+            installed,
+        })
+    }
+
     /// Describes the interpreter at `spec`: a path to an interpreter, a venv
     /// directory, or a command name looked up on `PATH`.
     pub fn from_interpreter(

@@ -86,16 +86,70 @@ fn builds_once_then_hits_the_cache_by_content() {
     let again = build_strict(cache.path(), "numpy");
     assert_eq!(again["cache_hit"], true);
     assert_eq!(again["key"], first["key"]);
-    // pandas pulls numpy in: a different closure, a different key.
-    let pandas = build_strict(cache.path(), "pandas");
-    assert_ne!(pandas["key"], first["key"]);
+    // pandas is preinstalled too under strict: the same base environment.
+    assert_eq!(build_strict(cache.path(), "pandas")["key"], first["key"]);
+}
+
+fn build_layered(cache: &Path, package: &str) -> serde_json::Value {
+    json(
+        &build(
+            cache,
+            &[
+                "--policy",
+                "tests/policies/layered.toml",
+                "--packages",
+                package,
+            ],
+        )
+        .output()
+        .unwrap(),
+    )
+}
+
+#[test]
+fn extra_packages_go_in_a_layer_over_the_base() {
+    let cache = tempfile::tempdir().unwrap();
+    // numpy is the layered policy's preinstalled set: the base alone.
+    let base = build_layered(cache.path(), "numpy");
+    assert_eq!(base["base"], serde_json::Value::Null);
+    let base_dir = PathBuf::from(base["path"].as_str().unwrap());
+    // pandas gets a layer holding what the base lacks, and only that.
+    let top = build_layered(cache.path(), "pandas");
+    assert_eq!(top["base"], base["key"], "{top}");
+    assert_eq!(top["cache_hit"], false);
+    let layer: Vec<&str> = top["layer_packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(layer.contains(&"pandas==2.3.3"), "{layer:?}");
+    assert!(!layer.iter().any(|p| p.starts_with("numpy")), "{layer:?}");
+    let top_dir = PathBuf::from(top["path"].as_str().unwrap());
     assert!(
-        pandas["packages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "numpy==2.4.6")
+        !top_dir.join("lib/python3.11/site-packages/numpy").exists(),
+        "numpy is not copied again"
     );
+    // Through the overlay, the layer's interpreter imports both, numpy from
+    // the base.
+    let out = Command::new(top["python"].as_str().unwrap())
+        .args([
+            "-c",
+            "import numpy, pandas; print(numpy.__file__); print(pandas.__version__)",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with(base_dir.to_str().unwrap()), "{stdout}");
+    assert!(stdout.contains("2.3.3"), "{stdout}");
+    assert_eq!(top["site_packages"].as_array().unwrap().len(), 2);
+    // The base was reused, and a second request is a hit on both.
+    assert_eq!(build_layered(cache.path(), "pandas")["cache_hit"], true);
 }
 
 #[test]
@@ -201,14 +255,17 @@ fn concurrent_builds_of_one_key_build_once() {
 #[test]
 fn ls_rm_and_prune_least_recently_used_first() {
     let cache = tempfile::tempdir().unwrap();
-    let numpy = build_strict(cache.path(), "numpy");
+    let strict = build_strict(cache.path(), "numpy");
     std::thread::sleep(Duration::from_millis(1100));
-    let pandas = build_strict(cache.path(), "pandas");
+    let base = build_layered(cache.path(), "numpy");
+    let top = build_layered(cache.path(), "pandas");
     let env = |args: &[&str]| {
         Command::new(BIN)
             .arg("env")
             .args(args)
             .env("SCRIPTBOX_CACHE_DIR", cache.path())
+            // Venv layers only: no engine answers here.
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
             .output()
             .unwrap()
     };
@@ -219,24 +276,34 @@ fn ls_rm_and_prune_least_recently_used_first() {
             .collect()
     };
     let entries = ls();
-    assert_eq!(entries.len(), 2);
-    assert_eq!(entries[0]["key"], numpy["key"], "least recently used first");
-    assert!(entries[1]["size"].as_u64().unwrap() > entries[0]["size"].as_u64().unwrap());
-    // A size budget below both evicts the least recently used until it fits.
-    let pandas_size = entries[1]["size"].as_u64().unwrap();
-    let out = env(&["prune", "--max-size", &format!("{}", pandas_size + 1)]);
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert_eq!(
+        entries[0]["key"], strict["key"],
+        "least recently used first"
+    );
+    let size = |key: &serde_json::Value| {
+        entries.iter().find(|e| e["key"] == *key).unwrap()["size"]
+            .as_u64()
+            .unwrap()
+    };
+    // A size budget that fits the two newer entries evicts only the oldest.
+    let budget = size(&base["key"]) + size(&top["key"]) + 1;
+    let out = env(&["prune", "--max-size", &budget.to_string()]);
     assert!(out.status.success());
     let left = ls();
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0]["key"], pandas["key"]);
-    let key = pandas["key"].as_str().unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!Path::new(strict["path"].as_str().unwrap()).exists());
+    // Removing a base removes the layers built on it too.
+    let key = base["key"].as_str().unwrap();
     let out = env(&["rm", &key[..12]]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!Path::new(pandas["path"].as_str().unwrap()).exists());
+    assert!(!Path::new(base["path"].as_str().unwrap()).exists());
+    assert!(!Path::new(top["path"].as_str().unwrap()).exists());
+    assert!(ls().is_empty());
     let out = env(&["rm", &key[..12]]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no cached environment"));

@@ -10,7 +10,7 @@ use crate::policy::lock::LockedPackage;
 
 /// Version of the key's input format; bump when what goes into an
 /// environment changes in a way the other inputs do not show.
-pub const KEY_SCHEMA: u32 = 1;
+pub const KEY_SCHEMA: u32 = 2;
 
 /// The sha256 naming one environment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -37,8 +37,11 @@ impl std::fmt::Display for EnvKey {
 /// Everything that decides an environment's contents.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyInputs {
-    /// Backend kind (`venv`).
+    /// Backend kind (`venv` or `image`).
     pub kind: String,
+    /// What the environment is layered on: the key of the venv layer
+    /// underneath, or the id of the image it is built `FROM`.
+    pub base: Option<String>,
     /// The interpreter's full version, e.g. `3.11.7`.
     pub python_version: String,
     /// The interpreter's platform, e.g. `x86_64-manylinux_2_28`.
@@ -75,6 +78,7 @@ impl KeyInputs {
         options.sort();
         KeyInputs {
             kind: kind.into(),
+            base: None,
             python_version: python_version.into(),
             platform: platform.into(),
             packages: pinned,

@@ -6,13 +6,140 @@
 //! those into an [`venv::EnvHandle`] the runner can use. Environments are
 //! keyed by what they contain ([`key::EnvKey`]), never by script.
 
+pub mod image;
+pub mod install;
 pub mod key;
+pub mod scratch;
 pub mod store;
 pub mod venv;
 
+use std::path::PathBuf;
+
 use pep508_rs::PackageName;
+use serde::Serialize;
+
+use key::EnvKey;
 
 use crate::policy::lock::{Lock, LockedPackage};
+
+/// Why an environment could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A cache directory could not be prepared.
+    #[error("cache {}: {reason}", path.display())]
+    Cache {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// uv could not be started.
+    #[error(
+        "cannot run uv ('{uv}'): {reason} (install it with `python3 -m pip install uv`, or set SCRIPTBOX_UV)"
+    )]
+    Uv {
+        /// The uv command.
+        uv: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The Docker engine failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// uv failed; its explanation names the package or the cause.
+    #[error("{step} failed:\n{detail}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// uv's explanation.
+        detail: String,
+    },
+}
+
+/// Where a built environment is.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EnvLocation {
+    /// A venv layer on the host.
+    Venv {
+        /// The layer's directory.
+        path: PathBuf,
+        /// Its interpreter.
+        python: PathBuf,
+        /// The site-packages of this layer and every layer underneath, top
+        /// first (what the sandbox must make readable).
+        site_packages: Vec<PathBuf>,
+    },
+    /// A Docker image.
+    Image {
+        /// The image id.
+        id: String,
+        /// Its tag, `scriptbox-env:<key>`.
+        tag: String,
+    },
+}
+
+/// A built (or found) environment: what the run stage needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvHandle {
+    /// Its content address.
+    pub key: EnvKey,
+    /// Where it is.
+    pub location: EnvLocation,
+    /// The layer it is built on, if any.
+    pub base: Option<EnvKey>,
+    /// `name==version` of the packages in its own (top) layer.
+    pub layer_packages: Vec<String>,
+    /// True when nothing had to be built.
+    pub cache_hit: bool,
+    /// Seconds spent building (0 for a hit).
+    pub build_seconds: f64,
+}
+
+impl EnvHandle {
+    /// `venv` or `image`.
+    pub fn kind(&self) -> &'static str {
+        match self.location {
+            EnvLocation::Venv { .. } => "venv",
+            EnvLocation::Image { .. } => "image",
+        }
+    }
+}
+
+/// `name==version` of each package.
+pub fn pins(packages: &[LockedPackage]) -> Vec<String> {
+    packages
+        .iter()
+        .map(|p| format!("{}=={}", p.name, p.version))
+        .collect()
+}
+
+/// A script's packages split into layers: what the policy's base layer
+/// holds (its preinstalled closure) and what must be added on top.
+#[derive(Debug, Clone, Default)]
+pub struct LayerPlan {
+    /// The base layer's pinned packages.
+    pub base: Vec<LockedPackage>,
+    /// The pinned packages the base lacks.
+    pub extra: Vec<LockedPackage>,
+}
+
+impl LayerPlan {
+    /// Plans the layers for `roots` under a lock whose base holds the
+    /// closure of `preinstalled`.
+    pub fn new(
+        lock: &Lock,
+        preinstalled: &[PackageName],
+        roots: &[PackageName],
+    ) -> Result<LayerPlan, NotInLock> {
+        let base = closure(lock, preinstalled)?;
+        let extra = closure(lock, roots)?
+            .into_iter()
+            .filter(|p| !base.iter().any(|b| b.name == p.name))
+            .collect();
+        Ok(LayerPlan { base, extra })
+    }
+}
 
 /// Why a package set cannot be taken from a lock.
 #[derive(Debug, thiserror::Error)]

@@ -12,8 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::venv::{Manifest, make_writable_and_remove};
+use super::scratch::make_writable_and_remove;
+use super::venv::Manifest;
 use crate::cache::{read_json, write_json};
+use crate::engine::{Engine, labels};
 
 /// How often an environment was used, and when last.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -29,10 +31,12 @@ pub struct Usage {
 pub struct EnvEntry {
     /// The full key.
     pub key: String,
-    /// `venv` (Docker images come with the image backend).
+    /// `venv` or `image`.
     pub kind: String,
-    /// Where it is.
-    pub path: PathBuf,
+    /// Where it is: the layer's directory, or the image's tag.
+    pub location: String,
+    /// The key of the venv layer underneath, if any.
+    pub base: Option<String>,
     /// Bytes on disk, recorded at build time.
     pub size: u64,
     /// When it was built (seconds since the epoch).
@@ -43,7 +47,8 @@ pub struct EnvEntry {
     pub hits: u64,
 }
 
-fn now() -> u64 {
+/// Seconds since the epoch.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -58,32 +63,70 @@ pub fn record_use(envs: &Path, key: &str) {
     write_json(&file, &usage);
 }
 
-/// Every published environment, least recently used first.
-pub fn list(envs: &Path) -> Vec<EnvEntry> {
+/// Every published environment (images too, given an engine), least
+/// recently used first.
+pub fn list(envs: &Path, engine: Option<&Engine>) -> Result<Vec<EnvEntry>, RemoveError> {
+    let mut out = list_venvs(envs);
+    if let Some(engine) = engine {
+        out.extend(list_images(envs, engine)?);
+    }
+    out.sort_by_key(|e| (e.last_used, e.created));
+    Ok(out)
+}
+
+fn usage_of(envs: &Path, key: &str) -> Usage {
+    read_json(&envs.join("usage").join(format!("{key}.json"))).unwrap_or_default()
+}
+
+fn list_images(envs: &Path, engine: &Engine) -> Result<Vec<EnvEntry>, RemoveError> {
+    let images = engine
+        .images_labelled(&[format!("{}=env", labels::KIND)])
+        .map_err(RemoveError::Engine)?;
+    Ok(images
+        .into_iter()
+        .filter_map(|image| {
+            let key = image.label(labels::KEY)?.to_string();
+            let created: u64 = image.label(labels::CREATED)?.parse().ok()?;
+            let usage = usage_of(envs, &key);
+            Some(EnvEntry {
+                location: super::image::env_tag(&key),
+                kind: "image".into(),
+                base: image.label(labels::BASE).map(str::to_string),
+                size: image
+                    .label(labels::LAYER_SIZE)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                created,
+                last_used: usage.last_used.max(created),
+                hits: usage.hits,
+                key,
+            })
+        })
+        .collect())
+}
+
+fn list_venvs(envs: &Path) -> Vec<EnvEntry> {
     let Ok(dirs) = fs::read_dir(envs.join("venv")) else {
         return Vec::new();
     };
-    let mut out: Vec<EnvEntry> = dirs
-        .flatten()
+    dirs.flatten()
         .filter_map(|d| {
             let path = d.path();
             let key = d.file_name().into_string().ok()?;
             let manifest: Manifest = read_json(&path.join("manifest.json"))?;
-            let usage: Usage =
-                read_json(&envs.join("usage").join(format!("{key}.json"))).unwrap_or_default();
+            let usage = usage_of(envs, &key);
             Some(EnvEntry {
                 key,
                 kind: "venv".into(),
-                path,
+                location: path.display().to_string(),
+                base: manifest.base,
                 size: manifest.size,
                 created: manifest.created,
                 last_used: usage.last_used.max(manifest.created),
                 hits: usage.hits,
             })
         })
-        .collect();
-    out.sort_by_key(|e| (e.last_used, e.created));
-    out
+        .collect()
 }
 
 /// Why an environment could not be removed.
@@ -95,6 +138,9 @@ pub enum RemoveError {
     /// A prefix names several environments.
     #[error("key prefix '{0}' matches {1} environments; give more of the key")]
     Ambiguous(String, usize),
+    /// The Docker engine failed.
+    #[error(transparent)]
+    Engine(crate::engine::EngineError),
     /// The file system refused.
     #[error("cannot remove {}: {reason}", path.display())]
     Io {
@@ -106,32 +152,65 @@ pub enum RemoveError {
 }
 
 /// Removes the environment whose key starts with `prefix`.
-pub fn remove(envs: &Path, prefix: &str) -> Result<EnvEntry, RemoveError> {
-    let matches: Vec<EnvEntry> = list(envs)
-        .into_iter()
-        .filter(|e| e.key.starts_with(prefix))
-        .collect();
+pub fn remove(
+    envs: &Path,
+    engine: Option<&Engine>,
+    prefix: &str,
+) -> Result<Vec<EnvEntry>, RemoveError> {
+    let all = list(envs, engine)?;
+    let matches: Vec<&EnvEntry> = all.iter().filter(|e| e.key.starts_with(prefix)).collect();
     match matches.len() {
         0 => Err(RemoveError::Unknown(prefix.into())),
         1 => {
-            let entry = matches.into_iter().next().expect("one match");
-            remove_entry(envs, &entry)?;
-            Ok(entry)
+            let entry = matches[0].clone();
+            let mut removed = Vec::new();
+            remove_with_dependents(envs, engine, &all, &entry, &mut removed)?;
+            Ok(removed)
         }
         n => Err(RemoveError::Ambiguous(prefix.into(), n)),
     }
 }
 
-fn remove_entry(envs: &Path, entry: &EnvEntry) -> Result<(), RemoveError> {
+/// Removes `entry` and, first, every venv layer built on it (a layer
+/// without its base would be broken).
+fn remove_with_dependents(
+    envs: &Path,
+    engine: Option<&Engine>,
+    all: &[EnvEntry],
+    entry: &EnvEntry,
+    removed: &mut Vec<EnvEntry>,
+) -> Result<(), RemoveError> {
+    for upper in all
+        .iter()
+        .filter(|e| e.kind == "venv" && e.base.as_deref() == Some(entry.key.as_str()))
+    {
+        remove_with_dependents(envs, engine, all, upper, removed)?;
+    }
+    if !removed.iter().any(|r| r.key == entry.key) {
+        remove_entry(envs, engine, entry)?;
+        removed.push(entry.clone());
+    }
+    Ok(())
+}
+
+fn remove_entry(envs: &Path, engine: Option<&Engine>, entry: &EnvEntry) -> Result<(), RemoveError> {
     let io = |e: std::io::Error| RemoveError::Io {
-        path: entry.path.clone(),
+        path: PathBuf::from(&entry.location),
         reason: e.to_string(),
     };
     // Under the key's build lock: never remove what is being (re)built.
     let lock_path = envs.join("locks").join(format!("{}.lock", entry.key));
     let lock = fs::File::create(&lock_path).map_err(io)?;
     lock.lock().map_err(io)?;
-    make_writable_and_remove(&entry.path).map_err(io)?;
+    if entry.kind == "image" {
+        if let Some(engine) = engine {
+            engine
+                .remove_image(&entry.location)
+                .map_err(RemoveError::Engine)?;
+        }
+    } else {
+        make_writable_and_remove(Path::new(&entry.location)).map_err(io)?;
+    }
     let _ = fs::remove_file(envs.join("usage").join(format!("{}.json", entry.key)));
     Ok(())
 }
@@ -140,22 +219,25 @@ fn remove_entry(envs: &Path, entry: &EnvEntry) -> Result<(), RemoveError> {
 /// `max_size` and none is unused for longer than `max_age`.
 pub fn prune(
     envs: &Path,
+    engine: Option<&Engine>,
     max_size: Option<u64>,
     max_age: Option<Duration>,
 ) -> Result<Vec<EnvEntry>, RemoveError> {
-    let entries = list(envs);
+    let entries = list(envs, engine)?;
     let mut total: u64 = entries.iter().map(|e| e.size).sum();
     let cutoff = max_age.map(|age| now().saturating_sub(age.as_secs()));
-    let mut removed = Vec::new();
-    for entry in entries {
+    let mut removed: Vec<EnvEntry> = Vec::new();
+    for entry in &entries {
         let too_old = cutoff.is_some_and(|c| entry.last_used < c);
         let too_big = max_size.is_some_and(|m| total > m);
-        if !(too_old || too_big) {
+        if !(too_old || too_big) || removed.iter().any(|r| r.key == entry.key) {
             continue;
         }
-        remove_entry(envs, &entry)?;
-        total -= entry.size;
-        removed.push(entry);
+        let before = removed.len();
+        remove_with_dependents(envs, engine, &entries, entry, &mut removed)?;
+        for gone in &removed[before..] {
+            total = total.saturating_sub(gone.size);
+        }
     }
     Ok(removed)
 }

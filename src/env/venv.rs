@@ -1,60 +1,33 @@
 //! Venv layers: content-addressed virtual environments on the host.
 //!
-//! Cache layout under `<cache>/envs/`:
-//! - `venv/<key>/`: published environments, read-only, never modified;
-//! - `tmp/<uuid>/`: builds in progress; a build is renamed into `venv/`
-//!   only when complete, so no half-built entry is ever visible, even after
-//!   `kill -9`. Leftovers no live build holds are removed on the next build;
-//! - `locks/<key>.lock`: one builder per key across threads and processes.
+//! Published environments live in `<cache>/envs/venv/<key>/`, read-only and
+//! never modified; they are built in a scratch directory and renamed into
+//! place (see [`super::scratch`]), so no half-built entry is ever visible.
 //!
-//! Each environment is made by uv from the policy lock's pins: wheels only,
-//! every file checked against the lock's hashes (`--require-hashes`), no
-//! dependency resolution (`--no-deps`: the closure is already pinned), and
-//! bytecode compiled at build time. uv runs with a cleared environment, as
-//! for locking.
+//! Environments are layered: the *base* layer holds the policy's
+//! preinstalled closure; a script that needs more gets a small layer holding
+//! only what the base lacks, whose site-packages carries a `.pth` file naming
+//! the base's site-packages. Python appends that directory to `sys.path` at
+//! start-up, so one extra package never copies pandas again.
+//!
+//! Each layer is made by uv from the policy lock's pins ([`super::install`])
+//! with bytecode compiled at build time.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::key::{EnvKey, KeyInputs};
+use super::install::{InstallTarget, install, run_step};
+use super::key::KeyInputs;
+use super::scratch::{KeyLock, Scratch, cache_err};
+use super::{BuildError, EnvHandle, EnvLocation};
 use crate::policy::lock::LockedPackage;
 
-/// Why an environment could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// A cache directory could not be prepared.
-    #[error("cache {}: {reason}", path.display())]
-    Cache {
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        reason: String,
-    },
-    /// uv could not be started.
-    #[error(
-        "cannot run uv ('{uv}'): {reason} (install it with `python3 -m pip install uv`, or set SCRIPTBOX_UV)"
-    )]
-    Uv {
-        /// The uv command.
-        uv: String,
-        /// The OS error.
-        reason: String,
-    },
-    /// uv failed; its explanation names the package or the cause.
-    #[error("{step} failed:\n{detail}")]
-    Step {
-        /// What was being done.
-        step: String,
-        /// uv's explanation.
-        detail: String,
-    },
-}
+/// The name of the overlay file in a layer's site-packages.
+pub const OVERLAY_PTH: &str = "_scriptbox_base.pth";
 
 /// What a venv layer should hold.
 #[derive(Debug, Clone)]
@@ -65,21 +38,8 @@ pub struct VenvSpec {
     pub python_version: String,
     /// Its platform (part of the key).
     pub platform: String,
-    /// The pinned closure to install.
+    /// The pinned packages of this layer.
     pub packages: Vec<LockedPackage>,
-}
-
-/// A built (or found) environment.
-#[derive(Debug, Clone, Serialize)]
-pub struct EnvHandle {
-    /// Its content address.
-    pub key: EnvKey,
-    /// Where it is.
-    pub path: PathBuf,
-    /// True when it already existed.
-    pub cache_hit: bool,
-    /// Seconds spent (0 for a hit).
-    pub build_seconds: f64,
 }
 
 /// Recorded in each environment at build time.
@@ -92,6 +52,9 @@ pub struct Manifest {
     /// Bytes on disk, measured at build time.
     #[serde(default)]
     pub size: u64,
+    /// The key of the layer underneath, if any.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 /// Options that change what a venv build produces (part of the key).
@@ -125,10 +88,46 @@ pub fn uv_version(uv: &str, cache: &Path) -> Result<String, BuildError> {
     Ok(version)
 }
 
-/// Returns the environment for `spec`, building it once if needed.
-pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle, BuildError> {
+/// The site-packages directory of a venv for Python `version` (X.Y.Z).
+pub fn site_packages(venv: &Path, version: &str) -> PathBuf {
+    let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    venv.join("lib")
+        .join(format!("python{minor}"))
+        .join("site-packages")
+}
+
+/// Returns the environment holding `base` plus `extra`: the base layer, and
+/// on top of it a layer with `extra` when that is not empty. Each layer is
+/// built once.
+pub fn ensure_layered(
+    base: &VenvSpec,
+    extra: &[LockedPackage],
+    cache: &Path,
+    uv: &str,
+) -> Result<EnvHandle, BuildError> {
+    let base_handle = ensure_venv(base, None, cache, uv)?;
+    if extra.is_empty() {
+        return Ok(base_handle);
+    }
+    let top = VenvSpec {
+        packages: extra.to_vec(),
+        ..base.clone()
+    };
+    let mut handle = ensure_venv(&top, Some(&base_handle), cache, uv)?;
+    handle.build_seconds += base_handle.build_seconds;
+    handle.cache_hit &= base_handle.cache_hit;
+    Ok(handle)
+}
+
+/// Returns the layer for `spec` on top of `base`, building it once if needed.
+pub fn ensure_venv(
+    spec: &VenvSpec,
+    base: Option<&EnvHandle>,
+    cache: &Path,
+    uv: &str,
+) -> Result<EnvHandle, BuildError> {
     let uv_version = uv_version(uv, cache)?;
-    let inputs = KeyInputs::new(
+    let mut inputs = KeyInputs::new(
         "venv",
         &spec.python_version,
         &spec.platform,
@@ -136,202 +135,102 @@ pub fn ensure_venv(spec: &VenvSpec, cache: &Path, uv: &str) -> Result<EnvHandle,
         BUILD_OPTIONS,
         &uv_version,
     );
+    inputs.base = base.map(|b| b.key.to_string());
     let key = inputs.key();
     let span = tracing::info_span!("build", env = %key.short(), kind = "venv");
     let _guard = span.enter();
-    let root = cache.join("envs");
-    let published = root.join("venv").join(key.as_str());
-    let hit = |key: EnvKey, path: PathBuf| EnvHandle {
-        key,
-        path,
-        cache_hit: true,
-        build_seconds: 0.0,
+    let envs = cache.join("envs");
+    let published = envs.join("venv").join(key.as_str());
+    let handle = |cache_hit: bool, build_seconds: f64| EnvHandle {
+        key: key.clone(),
+        location: EnvLocation::Venv {
+            python: published.join("bin").join("python"),
+            site_packages: layer_paths(&published, &spec.python_version, base),
+            path: published.clone(),
+        },
+        base: base.map(|b| b.key.clone()),
+        layer_packages: super::pins(&spec.packages),
+        cache_hit,
+        build_seconds,
     };
-    if published.join("manifest.json").is_file() {
-        super::store::record_use(&root, key.as_str());
-        return Ok(hit(key, published));
-    }
-    let cache_err = |path: &Path, e: std::io::Error| BuildError::Cache {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    for dir in ["venv", "tmp", "locks"] {
-        fs::create_dir_all(root.join(dir)).map_err(|e| cache_err(&root.join(dir), e))?;
+    if is_published(&published) {
+        super::store::record_use(&envs, key.as_str());
+        return Ok(handle(true, 0.0));
     }
     // One builder per key: the others wait here, then find it published.
-    let lock_path = root.join("locks").join(format!("{key}.lock"));
-    let lock = fs::File::create(&lock_path).map_err(|e| cache_err(&lock_path, e))?;
-    lock.lock().map_err(|e| cache_err(&lock_path, e))?;
-    if published.join("manifest.json").is_file() {
-        super::store::record_use(&root, key.as_str());
-        return Ok(hit(key, published));
+    let _lock = KeyLock::acquire(&envs, key.as_str())?;
+    if is_published(&published) {
+        super::store::record_use(&envs, key.as_str());
+        return Ok(handle(true, 0.0));
     }
-    clean_leftovers(&root);
     let started = Instant::now();
-    let work = root.join("tmp").join(uuid::Uuid::new_v4().to_string());
-    // Held while building so that clean_leftovers in another process skips it.
-    let _claim = claim(&work).map_err(|e| cache_err(&work, e))?;
-    let result = build_into(&work, spec, &inputs, uv);
-    if let Err(e) = result {
-        let _ = make_writable_and_remove(&work);
-        return Err(e);
-    }
-    set_read_only(&work);
-    if published.exists() {
-        // A corrupted entry (its manifest was missing): replace it.
-        make_writable_and_remove(&published).map_err(|e| cache_err(&published, e))?;
-    }
-    fs::rename(&work, &published).map_err(|e| cache_err(&published, e))?;
-    let _ = fs::remove_file(work.with_extension("claim"));
-    super::store::record_use(&root, key.as_str());
-    Ok(EnvHandle {
-        key,
-        path: published,
-        cache_hit: false,
-        build_seconds: started.elapsed().as_secs_f64(),
-    })
+    let scratch = Scratch::claim(&envs)?;
+    build_into(&scratch.path, spec, &inputs, base, uv)?;
+    scratch.publish(&published)?;
+    super::store::record_use(&envs, key.as_str());
+    Ok(handle(false, started.elapsed().as_secs_f64()))
 }
 
-/// Creates the build directory and holds an exclusive lock on a claim file
-/// beside it for as long as the returned file lives.
-fn claim(work: &Path) -> std::io::Result<fs::File> {
-    // Claim first, then create: a cleaner never sees an unclaimed build.
-    let claim = fs::File::create(work.with_extension("claim"))?;
-    claim.lock()?;
-    fs::create_dir_all(work)?;
-    Ok(claim)
+/// True when `dir` holds a complete environment (its manifest is written
+/// last) whose interpreter link still resolves.
+fn is_published(dir: &Path) -> bool {
+    dir.join("manifest.json").is_file() && dir.join("bin").join("python").exists()
 }
 
-/// Removes builds whose process died: their claim is no longer locked.
-fn clean_leftovers(root: &Path) {
-    let Ok(entries) = fs::read_dir(root.join("tmp")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_claim = path.extension().is_some_and(|e| e == "claim");
-        let (dir, claim_path) = if is_claim {
-            (path.with_extension(""), path.clone())
-        } else {
-            (path.clone(), path.with_extension("claim"))
-        };
-        let alive = fs::File::open(&claim_path).is_ok_and(|f| f.try_lock().is_err());
-        if alive {
-            continue;
-        }
-        if dir.exists() {
-            tracing::info!("removing leftover build {}", dir.display());
-            let _ = make_writable_and_remove(&dir);
-        }
-        let _ = fs::remove_file(&claim_path);
+/// The site-packages of this layer and of every layer underneath, top first.
+fn layer_paths(venv: &Path, version: &str, base: Option<&EnvHandle>) -> Vec<PathBuf> {
+    let mut paths = vec![site_packages(venv, version)];
+    if let Some(EnvHandle {
+        location: EnvLocation::Venv { site_packages, .. },
+        ..
+    }) = base
+    {
+        paths.extend(site_packages.iter().cloned());
     }
-}
-
-fn run_step(mut cmd: Command, step: &str, uv: &str) -> Result<(), BuildError> {
-    let out = cmd.output().map_err(|e| BuildError::Uv {
-        uv: uv.into(),
-        reason: e.to_string(),
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(BuildError::Step {
-        step: step.into(),
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    paths
 }
 
 fn build_into(
     work: &Path,
     spec: &VenvSpec,
     inputs: &KeyInputs,
+    base: Option<&EnvHandle>,
     uv: &str,
 ) -> Result<(), BuildError> {
-    let venv = work;
     let mut create = crate::uv::command(uv, work);
     create
         .args(["venv", "--quiet", "--relocatable", "--python"])
         .arg(&spec.python)
-        .arg(venv);
+        .arg(work);
     run_step(create, "creating the venv", uv)?;
-
-    if !spec.packages.is_empty() {
-        let requirements = work.join("requirements.txt");
+    if let Some(EnvHandle {
+        location: EnvLocation::Venv { site_packages, .. },
+        ..
+    }) = base
+    {
+        // The overlay: every lower layer's site-packages, in order.
         let mut text = String::new();
-        for p in &spec.packages {
-            text.push_str(&format!("{}=={}", p.name, p.version));
-            for h in &p.hashes {
-                text.push_str(&format!(" --hash={h}"));
-            }
+        for dir in site_packages {
+            text.push_str(&dir.to_string_lossy());
             text.push('\n');
         }
-        fs::File::create(&requirements)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| BuildError::Cache {
-                path: requirements.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut install = crate::uv::command(uv, work);
-        install
-            .args(["pip", "install", "--quiet", "--no-config", "--python"])
-            .arg(venv.join("bin").join("python"))
-            .args([
-                "--require-hashes",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "--compile-bytecode",
-                "-r",
-            ])
-            .arg(&requirements);
-        run_step(install, "installing the pinned packages", uv)?;
-        let _ = fs::remove_file(&requirements);
+        let pth = self::site_packages(work, &spec.python_version).join(OVERLAY_PTH);
+        fs::write(&pth, text).map_err(|e| cache_err(&pth, e))?;
     }
+    let python = work.join("bin").join("python");
+    install(uv, work, &spec.packages, &InstallTarget::Venv(&python))?;
     let manifest = Manifest {
         inputs: serde_json::to_value(inputs).expect("inputs serialise"),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         size: super::store::disk_size(work),
+        base: base.map(|b| b.key.to_string()),
     };
     let path = work.join("manifest.json");
     fs::write(
         &path,
         serde_json::to_vec_pretty(&manifest).expect("manifest serialises"),
     )
-    .map_err(|e| BuildError::Cache {
-        path,
-        reason: e.to_string(),
-    })
-}
-
-/// Removes write permission everywhere: published environments are shared
-/// by every script that needs them and must not change.
-fn set_read_only(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(dir)
-        .contents_first(true)
-        .into_iter()
-        .flatten()
-    {
-        if entry.path_is_symlink() {
-            continue;
-        }
-        if let Ok(meta) = entry.metadata() {
-            let mode = meta.permissions().mode() & !0o222;
-            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode));
-        }
-    }
-}
-
-/// Restores write permission (directories need it for their entries to be
-/// removed), then removes the tree.
-pub(crate) fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
-        if entry.file_type().is_dir() {
-            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
-        }
-    }
-    fs::remove_dir_all(dir)
+    .map_err(|e| cache_err(&path, e))
 }
