@@ -111,6 +111,7 @@ pub fn build(
             uv,
             &scratch.path,
             &layer,
+            &recipe.policy.install.index,
             &InstallTarget::Directory {
                 dir: &site,
                 version: &minor,

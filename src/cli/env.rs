@@ -73,6 +73,15 @@ pub enum EnvCommand {
         /// The key, or a prefix of it.
         key: String,
     },
+    /// Check venv layers for files removed, added or truncated by hand,
+    /// naming the package each damaged file belongs to.
+    ///
+    /// Exit status: 0 all intact, 1 damage found (the next `env build`
+    /// rebuilds a damaged layer), 2 bad arguments.
+    Verify {
+        /// Keys or key prefixes (default: every venv layer).
+        keys: Vec<String>,
+    },
     /// Evict least recently used environments.
     Prune {
         /// Keep the cache at most this large (e.g. 20G).
@@ -205,6 +214,7 @@ pub fn ensure(
                 python_version: target.version.to_string(),
                 platform: policy.python.platform.clone(),
                 packages: plan.base.clone(),
+                index: policy.install.index.clone(),
             };
             let spinner = Spinner::start("building the venv layers with uv");
             let result = venv::ensure_layered(&spec, &plan.extra, cache, &uv).map_err(build_err);
@@ -232,6 +242,7 @@ pub fn ensure(
                 platform: policy.python.platform.clone(),
                 packages,
                 lock_digest: lock_digest(policy),
+                index: policy.install.index.clone(),
             };
             let spinner = Spinner::start("building the image");
             let result =
@@ -411,6 +422,49 @@ pub fn run_store(command: EnvCommand) -> ExitCode {
                 }
                 Err(e) => fail(EXIT_USAGE, e.to_string()),
             }
+        }
+        EnvCommand::Verify { keys } => {
+            let entries = match store::list(&envs, None) {
+                Ok(e) => e,
+                Err(e) => return fail(code(&e), e.to_string()),
+            };
+            let mut damaged = 0;
+            let mut checked = 0;
+            for entry in entries
+                .iter()
+                .filter(|e| keys.is_empty() || keys.iter().any(|k| e.key.starts_with(k)))
+            {
+                checked += 1;
+                let dir = Path::new(&entry.location);
+                let site = std::fs::read_dir(dir.join("lib"))
+                    .ok()
+                    .and_then(|mut d| d.next())
+                    .and_then(|d| d.ok())
+                    .map(|d| d.path().join("site-packages"))
+                    .unwrap_or_else(|| dir.join("lib"));
+                let result = scriptbox::env::verify::verify_layer(dir, &site)
+                    .and_then(|()| scriptbox::env::verify::check_seal(dir));
+                match result {
+                    Ok(()) => println!("{}  intact", &entry.key[..16]),
+                    Err(e) => {
+                        damaged += 1;
+                        println!("{}  damaged: {e}", &entry.key[..16]);
+                    }
+                }
+            }
+            if checked == 0 && !keys.is_empty() {
+                return fail(
+                    1,
+                    format!("no cached venv layer matches {}", keys.join(", ")),
+                );
+            }
+            if damaged > 0 {
+                eprintln!(
+                    "scriptbox: {damaged} damaged environment(s); the next `scriptbox env build` that needs one rebuilds it"
+                );
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
         }
         EnvCommand::Build { .. } => unreachable!("handled by run_build"),
     }

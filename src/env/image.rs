@@ -70,6 +70,8 @@ pub struct ImageSpec {
     pub packages: Vec<LockedPackage>,
     /// sha256 of the lock the pins come from (a label).
     pub lock_digest: String,
+    /// The simple index to fetch them from (the policy's).
+    pub index: String,
 }
 
 /// Options that change what an image build produces (part of the key).
@@ -228,6 +230,7 @@ pub fn ensure_image(
         uv,
         context,
         &layer,
+        &spec.index,
         &InstallTarget::Directory {
             dir: &site,
             version: &minor,

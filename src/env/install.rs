@@ -45,11 +45,13 @@ pub fn requirements(packages: &[LockedPackage]) -> String {
     text
 }
 
-/// Installs `packages` into `target`; `scratch` holds the requirements file.
+/// Installs `packages` from the simple index at `index` into `target`;
+/// `scratch` holds the requirements file.
 pub fn install(
     uv: &str,
     scratch: &Path,
     packages: &[LockedPackage],
+    index: &str,
     target: &InstallTarget<'_>,
 ) -> Result<(), BuildError> {
     if packages.is_empty() {
@@ -61,7 +63,14 @@ pub fn install(
         reason: e.to_string(),
     })?;
     let mut cmd = crate::uv::command(uv, scratch);
-    cmd.args(["pip", "install", "--quiet", "--no-config"]);
+    cmd.args([
+        "pip",
+        "install",
+        "--quiet",
+        "--no-config",
+        "--default-index",
+        index,
+    ]);
     match target {
         InstallTarget::Venv(python) => {
             cmd.arg("--python").arg(python).arg("--compile-bytecode");

@@ -12,6 +12,7 @@ pub mod key;
 pub mod scratch;
 pub mod store;
 pub mod venv;
+pub mod verify;
 
 use std::path::PathBuf;
 

@@ -40,6 +40,8 @@ pub struct VenvSpec {
     pub platform: String,
     /// The pinned packages of this layer.
     pub packages: Vec<LockedPackage>,
+    /// The simple index to fetch them from (the policy's).
+    pub index: String,
 }
 
 /// Recorded in each environment at build time.
@@ -153,13 +155,13 @@ pub fn ensure_venv(
         cache_hit,
         build_seconds,
     };
-    if is_published(&published) {
+    if is_published(&published) && intact(&published) {
         super::store::record_use(&envs, key.as_str());
         return Ok(handle(true, 0.0));
     }
     // One builder per key: the others wait here, then find it published.
     let _lock = KeyLock::acquire(&envs, key.as_str())?;
-    if is_published(&published) {
+    if is_published(&published) && intact(&published) {
         super::store::record_use(&envs, key.as_str());
         return Ok(handle(true, 0.0));
     }
@@ -175,6 +177,21 @@ pub fn ensure_venv(
 /// last) whose interpreter link still resolves.
 fn is_published(dir: &Path) -> bool {
     dir.join("manifest.json").is_file() && dir.join("bin").join("python").exists()
+}
+
+/// Checks a published layer against its seal; a corrupted one is rebuilt
+/// in full (the rename replaces it), never patched.
+fn intact(published: &Path) -> bool {
+    match super::verify::check_seal(published) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "rebuilding corrupted environment {}: {e}",
+                published.display()
+            );
+            false
+        }
+    }
 }
 
 /// The site-packages of this layer and of every layer underneath, top first.
@@ -218,7 +235,13 @@ fn build_into(
         fs::write(&pth, text).map_err(|e| cache_err(&pth, e))?;
     }
     let python = work.join("bin").join("python");
-    install(uv, work, &spec.packages, &InstallTarget::Venv(&python))?;
+    install(
+        uv,
+        work,
+        &spec.packages,
+        &spec.index,
+        &InstallTarget::Venv(&python),
+    )?;
     let manifest = Manifest {
         inputs: serde_json::to_value(inputs).expect("inputs serialise"),
         created: std::time::SystemTime::now()
@@ -227,6 +250,12 @@ fn build_into(
         size: super::store::disk_size(work),
         base: base.map(|b| b.key.to_string()),
     };
+    let seal = work.join(super::verify::SEAL_FILE);
+    fs::write(
+        &seal,
+        serde_json::to_vec(&super::verify::seal(work)).expect("seal serialises"),
+    )
+    .map_err(|e| cache_err(&seal, e))?;
     let path = work.join("manifest.json");
     fs::write(
         &path,
