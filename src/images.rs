@@ -40,6 +40,8 @@ pub struct ImageRecipe {
     pub lock_digest: String,
     /// A host interpreter of the image's X.Y, to compile bytecode with.
     pub compile_with: Option<PathBuf>,
+    /// The tag, instead of `scriptbox/NAME:X.Y`.
+    pub tag: Option<String>,
 }
 
 /// A built base image.
@@ -135,7 +137,10 @@ pub fn build(
         .as_deref()
         .map(|v| v.split('.').take(2).collect::<Vec<_>>().join("."))
         .unwrap_or_else(|| format!("3.{}", recipe.policy.python.minor));
-    let tag = format!("{REPOSITORY}/{}:{minor}", recipe.name);
+    let tag = recipe
+        .tag
+        .clone()
+        .unwrap_or_else(|| format!("{REPOSITORY}/{}:{minor}", recipe.name));
     let mut image_labels = HashMap::from([
         (labels::KIND.to_string(), "base".to_string()),
         (labels::IMAGE.to_string(), recipe.name.clone()),

@@ -35,6 +35,9 @@ pub enum ImageCommand {
         /// A host interpreter of the policy's Python, to compile bytecode with.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Tag to give the image instead of scriptbox/NAME:X.Y (one NAME only).
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
         /// Where the image directories are.
         #[arg(long, default_value = "images", value_name = "DIR")]
         images_dir: PathBuf,
@@ -51,9 +54,14 @@ pub fn run(command: ImageCommand) -> ExitCode {
         policy,
         base,
         python,
+        tag,
         images_dir,
         format,
     } = command;
+    if tag.is_some() && names.len() != 1 {
+        eprintln!("scriptbox: error: --tag needs exactly one image NAME");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let policy = match load_policy(&policy) {
         Ok(p) => p,
         Err(code) => return code,
@@ -113,6 +121,7 @@ pub fn run(command: ImageCommand) -> ExitCode {
                 packages: packages.clone(),
                 lock_digest: lock_digest(&policy),
                 compile_with: compile_with.clone(),
+                tag: tag.clone(),
             };
             let spinner = Spinner::start(&format!("building image {name}"));
             let built = images::build(
