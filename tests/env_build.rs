@@ -308,3 +308,70 @@ fn ls_rm_and_prune_least_recently_used_first() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no cached environment"));
 }
+
+fn store_files(cache: &Path) -> Vec<PathBuf> {
+    walkdir_files(&cache.join("bytecode"))
+}
+
+fn walkdir_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walkdir_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn bytecode_is_compiled_once_and_shared_between_environments() {
+    use std::os::unix::fs::MetadataExt;
+    let cache = tempfile::tempdir().unwrap();
+    let first = build_strict(cache.path(), "numpy");
+    let stored = store_files(cache.path());
+    assert!(
+        stored.len() > 1000,
+        "numpy and pandas sources: {}",
+        stored.len()
+    );
+    // The layer's pyc is the store's file, and an unchecked-hash pyc
+    // (flags word 1 after the magic: PEP 552).
+    let site = PathBuf::from(first["site_packages"][0].as_str().unwrap());
+    let pyc = fs::read_dir(site.join("numpy/__pycache__"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".cpython-311.pyc"))
+        .unwrap();
+    assert!(fs::metadata(&pyc).unwrap().nlink() >= 2);
+    let bytes = fs::read(&pyc).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 1);
+    // Removed and rebuilt: nothing is compiled again.
+    let env = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("env")
+            .args(args)
+            .env("SCRIPTBOX_CACHE_DIR", cache.path())
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .output()
+            .unwrap()
+    };
+    assert!(
+        env(&["rm", first["key"].as_str().unwrap()])
+            .status
+            .success()
+    );
+    let again = build_strict(cache.path(), "numpy");
+    assert_eq!(again["cache_hit"], false);
+    assert_eq!(store_files(cache.path()).len(), stored.len());
+    // Evicting every environment lets prune sweep the unused bytecode.
+    let out = env(&["prune", "--max-size", "0"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("of bytecode no environment uses"));
+    assert!(store_files(cache.path()).is_empty());
+}

@@ -418,6 +418,15 @@ pub fn run_store(command: EnvCommand) -> ExitCode {
                     for entry in &removed {
                         println!("removed {}", show(entry));
                     }
+                    if let Some(cache) = envs.parent() {
+                        let freed = store::sweep_bytecode(cache);
+                        if freed > 0 {
+                            println!(
+                                "removed {:.1} MiB of bytecode no environment uses",
+                                freed as f64 / (1024.0 * 1024.0)
+                            );
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(EXIT_USAGE, e.to_string()),

@@ -15,7 +15,8 @@ use crate::policy::lock::LockedPackage;
 
 /// Where to install.
 pub enum InstallTarget<'a> {
-    /// Into the venv whose interpreter this is; bytecode is compiled.
+    /// Into the venv whose interpreter this is (bytecode is left to
+    /// [`super::bytecode`]).
     Venv(&'a Path),
     /// Into a directory for a Python `version` (X.Y) on `platform`;
     /// bytecode is compiled with `compile_with` when given (an interpreter
@@ -73,7 +74,7 @@ pub fn install(
     ]);
     match target {
         InstallTarget::Venv(python) => {
-            cmd.arg("--python").arg(python).arg("--compile-bytecode");
+            cmd.arg("--python").arg(python);
         }
         InstallTarget::Directory {
             dir,

@@ -6,6 +6,7 @@
 //! those into an [`venv::EnvHandle`] the runner can use. Environments are
 //! keyed by what they contain ([`key::EnvKey`]), never by script.
 
+pub mod bytecode;
 pub mod image;
 pub mod install;
 pub mod key;

@@ -242,6 +242,27 @@ pub fn prune(
     Ok(removed)
 }
 
+/// Removes compiled files of the bytecode store that no environment links
+/// any more (a hard-link count of one: only the store holds them), and
+/// returns the bytes freed. Run after evictions.
+pub fn sweep_bytecode(cache: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut freed = 0;
+    for entry in walkdir::WalkDir::new(cache.join("bytecode"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        if let Ok(meta) = entry.metadata()
+            && meta.nlink() == 1
+            && fs::remove_file(entry.path()).is_ok()
+        {
+            freed += meta.len();
+        }
+    }
+    freed
+}
+
 /// Bytes used by the files under `dir` (not following symlinks).
 pub fn disk_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)

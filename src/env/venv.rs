@@ -11,7 +11,7 @@
 //! start-up, so one extra package never copies pandas again.
 //!
 //! Each layer is made by uv from the policy lock's pins ([`super::install`])
-//! with bytecode compiled at build time.
+//! and gets its bytecode at build time ([`super::bytecode`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ pub struct Manifest {
 
 /// Options that change what a venv build produces (part of the key).
 const BUILD_OPTIONS: &[&str] = &[
-    "compile-bytecode",
+    "bytecode-unchecked-hash",
     "no-deps",
     "only-binary",
     "require-hashes",
@@ -167,7 +167,14 @@ pub fn ensure_venv(
     }
     let started = Instant::now();
     let scratch = Scratch::claim(&envs)?;
-    build_into(&scratch.path, spec, &inputs, base, uv)?;
+    build_into(
+        &scratch.path,
+        spec,
+        &inputs,
+        base,
+        uv,
+        &cache.join("bytecode"),
+    )?;
     scratch.publish(&published)?;
     super::store::record_use(&envs, key.as_str());
     Ok(handle(false, started.elapsed().as_secs_f64()))
@@ -213,6 +220,7 @@ fn build_into(
     inputs: &KeyInputs,
     base: Option<&EnvHandle>,
     uv: &str,
+    bytecode_store: &Path,
 ) -> Result<(), BuildError> {
     let mut create = crate::uv::command(uv, work);
     create
@@ -242,6 +250,17 @@ fn build_into(
         &spec.index,
         &InstallTarget::Venv(&python),
     )?;
+    let stats = super::bytecode::compile_layer(
+        &site_packages(work, &spec.python_version),
+        &python,
+        &spec.python_version,
+        bytecode_store,
+    )?;
+    tracing::info!(
+        "bytecode for {} sources, {} compiled now",
+        stats.sources,
+        stats.compiled
+    );
     let manifest = Manifest {
         inputs: serde_json::to_value(inputs).expect("inputs serialise"),
         created: std::time::SystemTime::now()
