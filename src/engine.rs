@@ -94,6 +94,8 @@ pub struct ImageInfo {
     pub labels: HashMap<String, String>,
     /// Total size in bytes, as the engine reports it.
     pub size: u64,
+    /// The user its containers run as (empty: root).
+    pub user: String,
 }
 
 impl ImageInfo {
@@ -108,6 +110,11 @@ impl From<ImageInspect> for ImageInfo {
         ImageInfo {
             id: i.id.unwrap_or_default(),
             tags: i.repo_tags.unwrap_or_default(),
+            user: i
+                .config
+                .as_ref()
+                .and_then(|c| c.user.clone())
+                .unwrap_or_default(),
             labels: i.config.and_then(|c| c.labels).unwrap_or_default(),
             size: i.size.unwrap_or(0).max(0) as u64,
         }
@@ -187,8 +194,60 @@ impl Engine {
                 tags: s.repo_tags,
                 labels: s.labels,
                 size: s.size.max(0) as u64,
+                user: String::new(),
             })
             .collect())
+    }
+
+    /// The bytes of the file at `path` in `image`, read through a container
+    /// that is created, never started, and removed again.
+    pub fn read_file(&self, image: &str, path: &str) -> Result<Vec<u8>, EngineError> {
+        use bollard::models::ContainerCreateBody;
+        use bollard::query_parameters::{
+            DownloadFromContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            labels: Some(HashMap::from([(
+                labels::KIND.to_string(),
+                "probe".to_string(),
+            )])),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .block_on(self.docker.create_container(None, body))
+            .map_err(|e| self.api("creating a container to read a file", &e))?;
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let archive: Result<Vec<u8>, bollard::errors::Error> = self.block_on(async {
+            let mut out = Vec::new();
+            let mut stream = self
+                .docker
+                .download_from_container(&created.id, Some(options));
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok(out)
+        });
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = self.block_on(self.docker.remove_container(&created.id, Some(remove)));
+        let archive = archive.map_err(|e| self.api(&format!("reading {path} from {image}"), &e))?;
+        let mut tar = tar::Archive::new(archive.as_slice());
+        let missing = || EngineError::Api {
+            action: format!("reading {path} from {image}"),
+            reason: "the archive holds no file".into(),
+        };
+        let mut entry = tar
+            .entries()
+            .map_err(|_| missing())?
+            .flatten()
+            .next()
+            .ok_or_else(missing)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(|_| missing())?;
+        Ok(bytes)
     }
 
     /// Removes an image (by id or tag), untagging it everywhere.

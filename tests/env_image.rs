@@ -306,3 +306,39 @@ fn an_image_build_killed_midway_leaves_no_image() {
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
     let _ = docker(&["rmi", "-f", env["image"].as_str().unwrap()]);
 }
+
+#[test]
+fn system_packages_named_by_the_policy_get_their_own_layer() {
+    let cache = tempfile::tempdir().unwrap();
+    let env = ok_json(
+        &build_image(
+            cache.path(),
+            "tests/policies/system.toml",
+            "six",
+            Some(PYTHON_BASE),
+        )
+        .output()
+        .unwrap(),
+    );
+    let tag = env["image"].as_str().unwrap();
+    // jq came in as a .deb fetched on the host; the build had no network.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        tag,
+        "sh",
+        "-c",
+        "jq --version; id -u",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["jq-1.6", "10001"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = docker(&["rmi", "-f", tag]);
+}

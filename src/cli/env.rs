@@ -243,6 +243,12 @@ pub fn ensure(
                 packages,
                 lock_digest: lock_digest(policy),
                 index: policy.install.index.clone(),
+                system: policy
+                    .allow
+                    .iter()
+                    .filter(|a| !a.system.is_empty())
+                    .map(|a| (a.name.to_string(), a.system.clone()))
+                    .collect(),
             };
             let spinner = Spinner::start("building the image");
             let result =

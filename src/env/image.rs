@@ -72,6 +72,8 @@ pub struct ImageSpec {
     pub lock_digest: String,
     /// The simple index to fetch them from (the policy's).
     pub index: String,
+    /// Debian packages the policy says a package needs, by package name.
+    pub system: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Options that change what an image build produces (part of the key).
@@ -163,13 +165,24 @@ pub fn ensure_image(
 ) -> Result<EnvHandle, BuildError> {
     let base = BaseImage::find(engine, &spec.base_image)?;
     let layer = base.missing(&spec.packages)?;
+    let mut system: Vec<String> = layer
+        .iter()
+        .filter_map(|p| spec.system.get(p.name.as_ref()))
+        .flatten()
+        .cloned()
+        .collect();
+    system.sort();
+    system.dedup();
     let uv_version = super::venv::uv_version(uv, cache)?;
+    let mut options: Vec<String> = IMAGE_OPTIONS.iter().map(|o| o.to_string()).collect();
+    options.extend(system.iter().map(|s| format!("system:{s}")));
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let mut inputs = KeyInputs::new(
         "image",
         &base.python,
         &spec.platform,
         &layer,
-        IMAGE_OPTIONS,
+        &options,
         &uv_version,
     );
     inputs.base = Some(base.info.id.clone());
@@ -251,11 +264,28 @@ pub fn ensure_image(
         python: base.python.clone(),
         installed,
     };
-    let dockerfile = format!(
-        "FROM {base}\nCOPY --chown=0:0 site-packages/ {site}/\n",
-        base = base.info.id,
-        site = base.site_packages
-    );
+    let mut dockerfile = format!("FROM {}\n", base.info.id);
+    if !system.is_empty() {
+        let debs = super::system_packages::fetch_debs(
+            engine,
+            &base.info.id,
+            &system,
+            context,
+            &context.join("debs"),
+        )?;
+        if !debs.is_empty() {
+            let user = if base.info.user.is_empty() {
+                "0:0"
+            } else {
+                &base.info.user
+            };
+            dockerfile.push_str(&super::system_packages::dockerfile_lines(user));
+        }
+    }
+    dockerfile.push_str(&format!(
+        "COPY --chown=0:0 site-packages/ {}/\n",
+        base.site_packages
+    ));
     let path = context.join("Dockerfile");
     fs::write(&path, dockerfile).map_err(|e| cache_err(&path, e))?;
     let layer_size = super::store::disk_size(&site);

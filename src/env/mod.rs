@@ -12,6 +12,7 @@ pub mod install;
 pub mod key;
 pub mod scratch;
 pub mod store;
+pub mod system_packages;
 pub mod venv;
 pub mod verify;
 
