@@ -262,7 +262,8 @@ impl Engine {
     }
 
     /// Builds an image from the directory `context` (sent as a tar stream)
-    /// with no network, tags it `tag` and returns its id. `on_line` sees
+    /// with network mode `network` (`none` for everything scriptbox builds
+    /// from packages), tags it `tag` and returns its id. `on_line` sees
     /// each line of the builder's output as it arrives.
     ///
     /// `labels` are appended to the context's Dockerfile as one `LABEL`
@@ -274,6 +275,7 @@ impl Engine {
         tag: &str,
         labels: &HashMap<String, String>,
         build_args: &HashMap<String, String>,
+        network: &str,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<String, EngineError> {
         let dockerfile = context.join("Dockerfile");
@@ -295,7 +297,7 @@ impl Engine {
             .rm(true)
             .forcerm(true)
             .pull("false")
-            .networkmode("none")
+            .networkmode(network)
             .build();
         let body = bollard::body_stream(tar_stream(context.to_path_buf()));
         let mut stream = self.docker.build_image(options, None, Some(body));

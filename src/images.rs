@@ -42,6 +42,9 @@ pub struct ImageRecipe {
     pub compile_with: Option<PathBuf>,
     /// The tag, instead of `scriptbox/NAME:X.Y`.
     pub tag: Option<String>,
+    /// The build's network mode: `none`, unless the Dockerfile itself
+    /// fetches something (`images/python` runs apt-get).
+    pub network: String,
 }
 
 /// A built base image.
@@ -161,7 +164,14 @@ pub fn build(
     if let Some(base) = &base {
         args.insert("BASE".to_string(), base.info.id.clone());
     }
-    let id = engine.build(&scratch.path, &tag, &image_labels, &args, on_line)?;
+    let id = engine.build(
+        &scratch.path,
+        &tag,
+        &image_labels,
+        &args,
+        &recipe.network,
+        on_line,
+    )?;
     Ok(BuiltImage {
         name: recipe.name.clone(),
         tag,

@@ -35,6 +35,10 @@ pub enum ImageCommand {
         /// A host interpreter of the policy's Python, to compile bytecode with.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// The build's network mode: `none` (default), or `default` for a
+        /// Dockerfile that fetches from a package mirror (images/python).
+        #[arg(long, default_value = "none", value_name = "MODE")]
+        network: String,
         /// Tag to give the image instead of scriptbox/NAME:X.Y (one NAME only).
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
@@ -54,6 +58,7 @@ pub fn run(command: ImageCommand) -> ExitCode {
         policy,
         base,
         python,
+        network,
         tag,
         images_dir,
         format,
@@ -122,6 +127,7 @@ pub fn run(command: ImageCommand) -> ExitCode {
                 lock_digest: lock_digest(&policy),
                 compile_with: compile_with.clone(),
                 tag: tag.clone(),
+                network: network.clone(),
             };
             let spinner = Spinner::start(&format!("building image {name}"));
             let built = images::build(

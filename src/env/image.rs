@@ -301,7 +301,14 @@ pub fn ensure_image(
         (labels::CREATED.to_string(), super::store::now().to_string()),
         (labels::LAYER_SIZE.to_string(), layer_size.to_string()),
     ]);
-    let id = engine.build(context, &tag, &image_labels, &HashMap::new(), on_line)?;
+    let id = engine.build(
+        context,
+        &tag,
+        &image_labels,
+        &HashMap::new(),
+        "none",
+        on_line,
+    )?;
     drop(scratch);
     super::store::record_use(&envs, key.as_str());
     Ok(handle(id, false, started.elapsed().as_secs_f64()))
