@@ -16,13 +16,18 @@ use sha2::{Digest, Sha256};
 /// The cache directory: `$SCRIPTBOX_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/scriptbox`, else `~/.cache/scriptbox`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("SCRIPTBOX_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(dir).join("scriptbox"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("scriptbox"))
+    let dir = if let Some(dir) = std::env::var_os("SCRIPTBOX_CACHE_DIR") {
+        PathBuf::from(dir)
+    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(dir).join("scriptbox")
+    } else {
+        PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache")
+            .join("scriptbox")
+    };
+    // Absolute, because uv runs in other directories and `.pth` overlays
+    // name layers by path.
+    std::path::absolute(&dir).ok()
 }
 
 /// Lower-case hex sha256 of `bytes`.

@@ -299,7 +299,7 @@ impl Engine {
             .pull("false")
             .networkmode(network)
             .build();
-        let body = bollard::body_stream(tar_stream(context.to_path_buf()));
+        let body = bollard::body_try_stream(tar_stream(context.to_path_buf()));
         let mut stream = self.docker.build_image(options, None, Some(body));
         let mut log = String::new();
         let failure = self.block_on(async {
@@ -393,20 +393,24 @@ fn error_text(e: &bollard::errors::Error) -> String {
 /// The directory as an uncompressed tar stream, produced on a thread so that
 /// a large context is never held in memory whole. Symlinks are kept as
 /// symlinks; modification times are kept (compiled bytecode checks them).
-fn tar_stream(dir: std::path::PathBuf) -> impl futures_util::Stream<Item = bytes::Bytes> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+fn tar_stream(
+    dir: std::path::PathBuf,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     std::thread::spawn(move || {
         let writer = ChannelWriter {
-            tx,
+            tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
         let mut tar = tar::Builder::new(writer);
         tar.follow_symlinks(false);
-        // An error ends the stream early; the engine then reports a bad context.
-        if tar.append_dir_all(".", &dir).is_ok()
-            && let Ok(mut writer) = tar.into_inner()
-        {
-            let _ = writer.flush_chunk();
+        let result = tar
+            .append_dir_all(".", &dir)
+            .and_then(|()| tar.into_inner())
+            .and_then(|mut writer| writer.flush_chunk());
+        // An error fails the request, so a partial context is never built.
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
         }
     });
     futures_util::stream::unfold(rx, |mut rx| async move {
@@ -417,7 +421,7 @@ fn tar_stream(dir: std::path::PathBuf) -> impl futures_util::Stream<Item = bytes
 const CHUNK: usize = 1 << 20;
 
 struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
     buf: Vec<u8>,
 }
 
@@ -428,7 +432,7 @@ impl ChannelWriter {
         }
         let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx
-            .blocking_send(chunk)
+            .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "build ended"))
     }
 }

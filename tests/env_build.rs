@@ -320,7 +320,7 @@ fn walkdir_files(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 out.extend(walkdir_files(&p));
-            } else {
+            } else if p.file_name().is_some_and(|n| n != ".lock") {
                 out.push(p);
             }
         }
@@ -374,4 +374,33 @@ fn bytecode_is_compiled_once_and_shared_between_environments() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("of bytecode no environment uses"));
     assert!(store_files(cache.path()).is_empty());
+}
+
+#[test]
+fn a_relative_cache_directory_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["env", "build", "--format", "json", "--python", &python()])
+        .args(["--policy"])
+        .arg(repo().join("tests/policies/tiny.toml"))
+        .args(["--packages", "six"])
+        .current_dir(dir.path())
+        .env("SCRIPTBOX_CACHE_DIR", "relative-cache")
+        .output()
+        .unwrap();
+    let env = json(&out);
+    let python = PathBuf::from(env["python"].as_str().unwrap());
+    assert!(python.is_absolute(), "{env}");
+    assert!(
+        python.starts_with(dir.path().canonicalize().unwrap()) || python.starts_with(dir.path())
+    );
+    let out = Command::new(&python)
+        .args(["-c", "import six"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

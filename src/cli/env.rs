@@ -376,7 +376,7 @@ pub fn run_store(command: EnvCommand) -> ExitCode {
     let show = |e: &store::EnvEntry| {
         format!(
             "{}  {:<5}  {:>8.1} MiB  created {}  last used {}  hits {}",
-            &e.key[..16],
+            e.key.get(..16).unwrap_or(&e.key),
             e.kind,
             e.size as f64 / (1024.0 * 1024.0),
             time(e.created),
@@ -460,10 +460,13 @@ pub fn run_store(command: EnvCommand) -> ExitCode {
                 let result = scriptbox::env::verify::verify_layer(dir, &site)
                     .and_then(|()| scriptbox::env::verify::check_seal(dir));
                 match result {
-                    Ok(()) => println!("{}  intact", &entry.key[..16]),
+                    Ok(()) => println!("{}  intact", entry.key.get(..16).unwrap_or(&entry.key)),
                     Err(e) => {
                         damaged += 1;
-                        println!("{}  damaged: {e}", &entry.key[..16]);
+                        println!(
+                            "{}  damaged: {e}",
+                            entry.key.get(..16).unwrap_or(&entry.key)
+                        );
                     }
                 }
             }

@@ -39,7 +39,7 @@ def one(pair):
     except Exception:
         return 0
 data = sys.stdin.buffer.read().split(b"\0")
-pairs = [(data[i].decode(), data[i + 1].decode()) for i in range(0, len(data) - 1, 2)]
+pairs = [(os.fsdecode(data[i]), os.fsdecode(data[i + 1])) for i in range(0, len(data) - 1, 2)]
 workers = min(os.cpu_count() or 1, max(1, len(pairs) // 64))
 if workers > 1:
     with ProcessPoolExecutor(workers) as pool:
@@ -75,6 +75,10 @@ pub fn compile_layer(
     version: &str,
     store: &Path,
 ) -> Result<BytecodeStats, BuildError> {
+    // Shared while building; `env prune` sweeps under the exclusive lock,
+    // so it never removes a file a build is about to link.
+    let _shared = store_lock(store)?;
+    _shared.lock_shared().map_err(|e| cache_err(store, e))?;
     let tag = cache_tag(version);
     let store = store.join(&tag);
     let sources: Vec<PathBuf> = walkdir::WalkDir::new(site)
@@ -168,6 +172,18 @@ fn compile_into_store(
         }
     }
     Ok(())
+}
+
+/// The store's lock file, created if missing.
+pub fn store_lock(store: &Path) -> Result<fs::File, BuildError> {
+    fs::create_dir_all(store).map_err(|e| cache_err(store, e))?;
+    let path = store.join(".lock");
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| cache_err(&path, e))
 }
 
 /// Hard-links the stored pyc into the layer (a copy across file systems).

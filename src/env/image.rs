@@ -110,6 +110,26 @@ impl BaseImage {
             .label(labels::SITE_PACKAGES)
             .unwrap_or(DEFAULT_SITE)
             .to_string();
+        // Both go into a Dockerfile: nothing but a plain absolute path and a
+        // plain user spec.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._-:".contains(c))
+        };
+        if !site_packages.starts_with('/')
+            || !plain(&site_packages)
+            || !(info.user.is_empty() || plain(&info.user))
+        {
+            return Err(BuildError::Step {
+                step: format!("using base image {name}"),
+                detail: format!(
+                    "its {} label ({site_packages:?}) or user ({:?}) is not a plain path or user",
+                    labels::SITE_PACKAGES,
+                    info.user
+                ),
+            });
+        }
         let manifest = ImageManifest::of(&info);
         Ok(BaseImage {
             info,
@@ -165,7 +185,10 @@ pub fn ensure_image(
 ) -> Result<EnvHandle, BuildError> {
     let base = BaseImage::find(engine, &spec.base_image)?;
     let layer = base.missing(&spec.packages)?;
-    let mut system: Vec<String> = layer
+    // Every package's system needs, also of packages the base holds: apt
+    // downloads only what the image lacks.
+    let mut system: Vec<String> = spec
+        .packages
         .iter()
         .filter_map(|p| spec.system.get(p.name.as_ref()))
         .flatten()
@@ -174,7 +197,20 @@ pub fn ensure_image(
     system.sort();
     system.dedup();
     let uv_version = super::venv::uv_version(uv, cache)?;
+    let compile_with = if layer.is_empty() {
+        None
+    } else {
+        compile_with()
+    };
     let mut options: Vec<String> = IMAGE_OPTIONS.iter().map(|o| o.to_string()).collect();
+    options.push(
+        if compile_with.is_some() {
+            "bytecode"
+        } else {
+            "no-bytecode"
+        }
+        .into(),
+    );
     options.extend(system.iter().map(|s| format!("system:{s}")));
     let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let mut inputs = KeyInputs::new(
@@ -248,7 +284,7 @@ pub fn ensure_image(
             dir: &site,
             version: &minor,
             platform: &spec.platform,
-            compile_with: compile_with().as_deref(),
+            compile_with: compile_with.as_deref(),
         },
     )?;
     // uv's console-script shims name the host's interpreter, and its lock
@@ -283,8 +319,8 @@ pub fn ensure_image(
         }
     }
     dockerfile.push_str(&format!(
-        "COPY --chown=0:0 site-packages/ {}/\n",
-        base.site_packages
+        "COPY --chown=0:0 [\"site-packages/\", {}]\n",
+        serde_json::to_string(&format!("{}/", base.site_packages)).expect("a string serialises")
     ));
     let path = context.join("Dockerfile");
     fs::write(&path, dockerfile).map_err(|e| cache_err(&path, e))?;

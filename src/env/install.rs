@@ -116,8 +116,15 @@ pub fn run_step(mut cmd: Command, step: &str, uv: &str) -> Result<(), BuildError
     if out.status.success() {
         return Ok(());
     }
+    let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if detail.is_empty() {
+        detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    if detail.is_empty() {
+        detail = format!("{uv} exited with {}", out.status);
+    }
     Err(BuildError::Step {
         step: step.into(),
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        detail,
     })
 }

@@ -8,6 +8,7 @@
 //! builder lives.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::BuildError;
@@ -48,29 +49,40 @@ impl Scratch {
         let tmp = envs.join("tmp");
         fs::create_dir_all(&tmp).map_err(|e| cache_err(&tmp, e))?;
         clean_leftovers(&tmp);
-        let path = tmp.join(uuid::Uuid::new_v4().to_string());
-        // Claim first, then create: a cleaner never sees an unclaimed build.
-        let claim_path = path.with_extension("claim");
-        let claim = fs::File::create(&claim_path).map_err(|e| cache_err(&claim_path, e))?;
-        claim.lock().map_err(|e| cache_err(&claim_path, e))?;
-        fs::create_dir_all(&path).map_err(|e| cache_err(&path, e))?;
-        Ok(Scratch {
-            path,
-            claim: Some(claim),
-        })
+        loop {
+            let path = tmp.join(uuid::Uuid::new_v4().to_string());
+            // Claim first, then create: a cleaner never sees an unclaimed
+            // build. A cleaner may remove the claim file between its
+            // creation and our lock; then the lock holds nothing, so retry.
+            let claim_path = path.with_extension("claim");
+            let claim = fs::File::create(&claim_path).map_err(|e| cache_err(&claim_path, e))?;
+            claim.lock().map_err(|e| cache_err(&claim_path, e))?;
+            if !same_file(&claim, &claim_path) {
+                continue;
+            }
+            fs::create_dir_all(&path).map_err(|e| cache_err(&path, e))?;
+            return Ok(Scratch {
+                path,
+                claim: Some(claim),
+            });
+        }
     }
 
     /// Makes the build read-only and renames it to `dest` atomically,
     /// replacing a corrupted entry there.
     pub fn publish(mut self, dest: &Path) -> Result<(), BuildError> {
+        // The root keeps its write bit until after the rename: moving a
+        // directory to another parent rewrites its `..` entry, which needs it.
         set_read_only(&self.path);
+        let _ = fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755));
         if dest.exists() {
             make_writable_and_remove(dest).map_err(|e| cache_err(dest, e))?;
         }
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(|e| cache_err(parent, e))?;
         }
-        fs::rename(&self.path, dest).map_err(|e| cache_err(dest, e))?;
+        fs::rename(&self.path, dest).map_err(|e| cache_err(&self.path, e))?;
+        let _ = fs::set_permissions(dest, fs::Permissions::from_mode(0o555));
         let _ = fs::remove_file(self.path.with_extension("claim"));
         self.claim = None;
         Ok(())
@@ -83,6 +95,15 @@ impl Drop for Scratch {
             let _ = make_writable_and_remove(&self.path);
             let _ = fs::remove_file(self.path.with_extension("claim"));
         }
+    }
+}
+
+/// True when `path` still names the file open as `file`.
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -99,8 +120,17 @@ fn clean_leftovers(tmp: &Path) {
         } else {
             (path.clone(), path.with_extension("claim"))
         };
-        let alive = fs::File::open(&claim_path).is_ok_and(|f| f.try_lock().is_err());
-        if alive {
+        // Hold the dead build's claim while removing it, so that nothing
+        // can claim the same name meanwhile.
+        let Ok(claim) = fs::File::open(&claim_path) else {
+            if dir.exists() && !is_claim {
+                // A directory without a claim file: its builder died
+                // between removing the claim and the directory.
+                let _ = make_writable_and_remove(&dir);
+            }
+            continue;
+        };
+        if claim.try_lock().is_err() {
             continue;
         }
         if dir.exists() {
@@ -114,8 +144,8 @@ fn clean_leftovers(tmp: &Path) {
 /// Removes write permission everywhere: published environments are shared
 /// by every script that needs them and must not change.
 pub(crate) fn set_read_only(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     for entry in walkdir::WalkDir::new(dir)
+        .follow_root_links(false)
         .contents_first(true)
         .into_iter()
         .flatten()
@@ -133,8 +163,14 @@ pub(crate) fn set_read_only(dir: &Path) {
 /// Restores write permission (directories need it for their entries to be
 /// removed), then removes the tree.
 pub(crate) fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
+    if fs::symlink_metadata(dir)?.file_type().is_symlink() {
+        return fs::remove_file(dir);
+    }
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_root_links(false)
+        .into_iter()
+        .flatten()
+    {
         if entry.file_type().is_dir() {
             let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
         }

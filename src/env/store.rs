@@ -86,6 +86,12 @@ fn list_images(envs: &Path, engine: &Engine) -> Result<Vec<EnvEntry>, RemoveErro
         .into_iter()
         .filter_map(|image| {
             let key = image.label(labels::KEY)?.to_string();
+            // Labels are inherited by images built FROM ours: only the image
+            // that carries our tag for this key is the environment.
+            let well_formed = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+            if !well_formed || !image.tags.contains(&super::image::env_tag(&key)) {
+                return None;
+            }
             let created: u64 = image.label(labels::CREATED)?.parse().ok()?;
             let usage = usage_of(envs, &key);
             Some(EnvEntry {
@@ -113,6 +119,9 @@ fn list_venvs(envs: &Path) -> Vec<EnvEntry> {
         .filter_map(|d| {
             let path = d.path();
             let key = d.file_name().into_string().ok()?;
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             let manifest: Manifest = read_json(&path.join("manifest.json"))?;
             let usage = usage_of(envs, &key);
             Some(EnvEntry {
@@ -247,11 +256,18 @@ pub fn prune(
 /// returns the bytes freed. Run after evictions.
 pub fn sweep_bytecode(cache: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    let store = cache.join("bytecode");
+    let Ok(lock) = super::bytecode::store_lock(&store) else {
+        return 0;
+    };
+    if lock.lock().is_err() {
+        return 0;
+    }
     let mut freed = 0;
     for entry in walkdir::WalkDir::new(cache.join("bytecode"))
         .into_iter()
         .flatten()
-        .filter(|e| e.file_type().is_file())
+        .filter(|e| e.file_type().is_file() && e.file_name() != ".lock")
     {
         if let Ok(meta) = entry.metadata()
             && meta.nlink() == 1

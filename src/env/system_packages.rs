@@ -36,6 +36,12 @@ pub fn fetch_debs(
     scratch: &Path,
     debs: &Path,
 ) -> Result<Vec<String>, BuildError> {
+    if let Some(bad) = packages.iter().find(|p| !is_debian_name(p)) {
+        return Err(BuildError::Step {
+            step: "fetching system packages".into(),
+            detail: format!("'{bad}' is not a Debian package name"),
+        });
+    }
     fs::create_dir_all(debs.join("partial")).map_err(|e| cache_err(debs, e))?;
     if let Some(dir) = std::env::var_os(DEB_DIR_VAR) {
         let dir = Path::new(&dir);
@@ -82,7 +88,27 @@ pub fn fetch_debs(
         .filter(|n| n.ends_with(".deb"))
         .collect();
     names.sort();
+    if let Some(absent) = packages
+        .iter()
+        .find(|p| !names.iter().any(|n| n.starts_with(&format!("{p}_"))))
+        && std::env::var_os(DEB_DIR_VAR).is_some()
+    {
+        return Err(BuildError::Step {
+            step: "fetching system packages".into(),
+            detail: format!("{DEB_DIR_VAR} holds no {absent}_*.deb"),
+        });
+    }
     Ok(names)
+}
+
+/// Debian package names: lower-case letters, digits, `+ - .`, starting
+/// with a letter or digit (Debian policy 5.6.1).
+fn is_debian_name(name: &str) -> bool {
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 /// The Dockerfile lines installing the `.deb` files of `debs/` as root and

@@ -84,6 +84,12 @@ pub fn uv_version(uv: &str, cache: &Path) -> Result<String, BuildError> {
             reason: e.to_string(),
         })?;
     let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !version.starts_with("uv ") {
+        return Err(BuildError::Uv {
+            uv: uv.into(),
+            reason: format!("`{uv} --version` answered {:?} ({})", version, out.status),
+        });
+    }
     if let Some(entry) = &entry {
         crate::cache::write_json(entry, &version);
     }
