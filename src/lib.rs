@@ -31,6 +31,7 @@ pub mod names;
 pub mod nesting;
 pub mod policy;
 pub mod report;
+pub mod run;
 pub mod source;
 pub mod stack;
 pub mod stdlib;

@@ -53,6 +53,14 @@ enum Command {
     /// Build the base images in images/ through the Docker engine.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Validate a script, build or reuse its environment, and run it under
+    /// the policy profile's limits, in the local sandbox or a container.
+    ///
+    /// Exit status: 0 succeeded, 1 the script failed (non-zero exit),
+    /// 2 scriptbox error or bad arguments, 3 rejected (validation or
+    /// policy), 4 timed out, 5 CPU limit, 6 memory limit, 7 output limit,
+    /// 8 killed by a signal.
+    Run(cli::run::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -178,6 +186,7 @@ fn main() -> ExitCode {
         ),
         Command::Env(command) => cli::env::run_store(command),
         Command::Image(command) => cli::image::run(command),
+        Command::Run(args) => cli::run::run(args),
     }
 }
 

@@ -5,3 +5,4 @@
 pub mod env;
 pub mod image;
 pub mod progress;
+pub mod run;

@@ -1,0 +1,391 @@
+//! The docker backend: a fresh container per run, from the environment's
+//! image, through the engine's API.
+//!
+//! The container is set up in one place, [`container_config`]: network
+//! `none`; a read-only root file system; a tmpfs `/tmp` of the profile's
+//! size; the unprivileged uid 10001; every capability dropped;
+//! `no-new-privileges`; the engine's default seccomp profile (never
+//! disabled); pids, memory (memory plus swap equal: no swap) and CPU
+//! limits; ulimits for open files, file size, CPU time and core dumps. The
+//! script's directory is the only host directory mounted, read-only.
+//!
+//! Every container carries scriptbox's labels, with the pid and start time
+//! of the scriptbox process that owns it. It is removed after every run,
+//! also on timeout; containers whose owner died (scriptbox killed) are
+//! removed by [`reap`] when the next run starts.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::limits::{Limits, NOFILE};
+use super::outcome::{Execution, Status, signal_name};
+use super::{RunError, RunRequest};
+use crate::engine::{Engine, labels};
+use crate::env::EnvLocation;
+
+/// The uid and gid scripts run as (the base image's `sandbox` user).
+pub const SANDBOX_USER: &str = "10001:10001";
+/// Label naming the owner of a run container: `<pid>:<start time>`.
+const OWNER: &str = "io.scriptbox.owner";
+/// Where the script's directory is mounted.
+const SCRIPT_DIR: &str = "/sandbox";
+
+/// This process as an owner label: pid and start time (clock ticks since
+/// boot, field 22 of `/proc/<pid>/stat`), so a reused pid is not mistaken
+/// for us.
+fn owner_of(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+/// Removes run containers whose scriptbox process is gone.
+pub fn reap(engine: &Engine) -> usize {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{}=run", labels::KIND)])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = engine.block_on(engine.docker().list_containers(Some(options))) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for c in list {
+        let owner = c.labels.as_ref().and_then(|l| l.get(OWNER)).cloned();
+        let alive = owner.as_deref().is_some_and(|o| {
+            o.split_once(':')
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                .and_then(owner_of)
+                .as_deref()
+                == Some(o)
+        });
+        if alive {
+            continue;
+        }
+        if let Some(id) = c.id {
+            let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+            if engine
+                .block_on(engine.docker().remove_container(&id, Some(rm)))
+                .is_ok()
+            {
+                tracing::info!("removed stray run container {id}");
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// The container for one run.
+fn container_config(
+    image: &str,
+    req: &RunRequest,
+    script_dir: &str,
+    owner: &str,
+) -> ContainerCreateBody {
+    let limits: &Limits = &req.limits;
+    let mut cmd = vec![
+        "python3".to_string(),
+        "-I".into(),
+        "-u".into(),
+        "-B".into(),
+        format!("{SCRIPT_DIR}/{}", req.script_name),
+    ];
+    cmd.extend(req.args.iter().cloned());
+    let ulimit = |name: &str, value: u64| ResourcesUlimits {
+        name: Some(name.into()),
+        soft: Some(value as i64),
+        hard: Some(value as i64),
+    };
+    let cpu = limits.cpu_seconds();
+    let host = HostConfig {
+        network_mode: Some("none".into()),
+        // A tiny init as pid 1, so the script gets every signal (the
+        // kernel shields pid 1 from CPU-limit signals) and zombies are reaped.
+        init: Some(true),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,size={},mode=1777", limits.tmp),
+        )])),
+        binds: Some(vec![format!("{script_dir}:{SCRIPT_DIR}:ro")]),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        pids_limit: Some(i64::from(limits.pids)),
+        memory: Some(limits.memory as i64),
+        memory_swap: Some(limits.memory as i64),
+        nano_cpus: Some((limits.cpus * 1e9) as i64),
+        ulimits: Some(vec![
+            ulimit("nofile", NOFILE),
+            ulimit("fsize", limits.tmp),
+            ulimit("core", 0),
+            ResourcesUlimits {
+                name: Some("cpu".into()),
+                soft: Some(cpu as i64),
+                hard: Some(cpu as i64 + 1),
+            },
+        ]),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(image.into()),
+        cmd: Some(cmd),
+        user: Some(SANDBOX_USER.into()),
+        hostname: Some("sandbox".into()),
+        working_dir: Some("/tmp".into()),
+        env: Some(
+            limits
+                .environment()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        network_disabled: Some(true),
+        attach_stdin: Some(req.stdin.is_some()),
+        open_stdin: Some(req.stdin.is_some()),
+        stdin_once: Some(req.stdin.is_some()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        labels: Some(HashMap::from([
+            (labels::KIND.to_string(), "run".to_string()),
+            (OWNER.to_string(), owner.to_string()),
+        ])),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}
+
+/// Removes the container however the run ends.
+struct Remove<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl Drop for Remove<'_> {
+    fn drop(&mut self) {
+        let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = self
+            .engine
+            .block_on(self.engine.docker().remove_container(&self.id, Some(rm)));
+    }
+}
+
+/// Runs `req` in a container.
+pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
+    let EnvLocation::Image { id: image, .. } = &req.env.location else {
+        return Err(RunError::Environment(
+            "the docker backend needs an image environment".into(),
+        ));
+    };
+    let engine = Engine::connect()?;
+    reap(&engine);
+    let owner = owner_of(std::process::id()).unwrap_or_default();
+
+    let script_dir = tempfile::Builder::new()
+        .prefix("scriptbox-run-")
+        .tempdir()
+        .map_err(|e| RunError::Io(format!("creating the run directory: {e}")))?;
+    fs::set_permissions(script_dir.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| RunError::Io(e.to_string()))?;
+    let script = script_dir.path().join(&req.script_name);
+    fs::write(&script, &req.script)
+        .and_then(|()| fs::set_permissions(&script, fs::Permissions::from_mode(0o444)))
+        .map_err(|e| RunError::Io(format!("writing the script: {e}")))?;
+    let stdin = match &req.stdin {
+        Some(path) => {
+            Some(fs::read(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?)
+        }
+        None => None,
+    };
+
+    let body = container_config(image, req, &script_dir.path().display().to_string(), &owner);
+    let name = format!("scriptbox-run-{}", uuid::Uuid::new_v4());
+    let options = CreateContainerOptionsBuilder::default().name(&name).build();
+    let docker = engine.docker();
+    let created = engine
+        .block_on(docker.create_container(Some(options), body))
+        .map_err(|e| RunError::Engine(engine_error("creating the container", e)))?;
+    let _remove = Remove {
+        engine: &engine,
+        id: created.id.clone(),
+    };
+    let id = created.id.as_str();
+    let limit = req.limits.output;
+    let wall = req.limits.wall_time;
+
+    let result: Result<Execution, RunError> = engine.block_on(async {
+        let attach = AttachContainerOptionsBuilder::default()
+            .stdin(stdin.is_some())
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        let mut attached = docker
+            .attach_container(id, Some(attach))
+            .await
+            .map_err(|e| RunError::Engine(engine_error("attaching to the container", e)))?;
+        let started = Instant::now();
+        docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| RunError::Engine(engine_error("starting the container", e)))?;
+        // Asked after the start: "not-running" then means "has exited",
+        // however soon that happened.
+        let wait = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut waiter = docker.wait_container(id, Some(wait));
+        if let Some(bytes) = stdin {
+            let mut input = attached.input;
+            tokio::spawn(async move {
+                let _ = input.write_all(&bytes).await;
+                let _ = input.shutdown().await;
+            });
+        }
+        let mut exec = Execution {
+            enforcement: vec!["engine".into()],
+            ..Execution::default()
+        };
+        let mut kept: u64 = 0;
+        let mut stopped: Option<Status> = None;
+        let deadline = tokio::time::Instant::now() + wall;
+        let mut output_open = true;
+        let mut exit_code: Option<i64> = None;
+        loop {
+            tokio::select! {
+                chunk = attached.output.next(), if output_open => match chunk {
+                    Some(Ok(log)) => {
+                        let (bytes, to_err) = match log {
+                            bollard::container::LogOutput::StdErr { message } => (message, true),
+                            bollard::container::LogOutput::StdOut { message }
+                            | bollard::container::LogOutput::Console { message } => (message, false),
+                            bollard::container::LogOutput::StdIn { .. } => continue,
+                        };
+                        let room = limit.saturating_sub(kept) as usize;
+                        let take = bytes.len().min(room);
+                        let (buf, truncated) = if to_err {
+                            (&mut exec.stderr, &mut exec.stderr_truncated)
+                        } else {
+                            (&mut exec.stdout, &mut exec.stdout_truncated)
+                        };
+                        buf.extend_from_slice(&bytes[..take]);
+                        kept += take as u64;
+                        if bytes.len() > room {
+                            *truncated = true;
+                            if stopped.is_none() {
+                                stopped = Some(Status::OutputLimit);
+                                kill(docker, id);
+                            }
+                        }
+                    }
+                    _ => output_open = false,
+                },
+                done = waiter.next(), if exit_code.is_none() => {
+                    exit_code = Some(match done {
+                        Some(Ok(r)) => r.status_code,
+                        // The engine reports a non-zero exit as an error
+                        // carrying the code.
+                        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                        _ => -1,
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
+                    stopped = Some(Status::TimedOut);
+                    kill(docker, id);
+                }
+            }
+            if exit_code.is_some() && !output_open {
+                break;
+            }
+            if exit_code.is_some() {
+                // The output stream ends with the container; do not wait on
+                // it for long.
+                match tokio::time::timeout(Duration::from_secs(2), attached.output.next()).await {
+                    Ok(Some(Ok(log))) => {
+                        let bytes = log.into_bytes();
+                        let room = limit.saturating_sub(kept) as usize;
+                        let take = bytes.len().min(room);
+                        exec.stdout.extend_from_slice(&bytes[..take]);
+                        kept += take as u64;
+                    }
+                    _ => output_open = false,
+                }
+            }
+        }
+        exec.seconds = started.elapsed().as_secs_f64();
+        let state = docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|i| i.state);
+        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let code = state
+            .as_ref()
+            .and_then(|s| s.exit_code)
+            .or(exit_code)
+            .unwrap_or(-1);
+        exec.peak_memory = peak_memory(id);
+        if code > 128 && code - 128 < 32 {
+            exec.signal = Some(signal_name((code - 128) as i32));
+        } else {
+            exec.exit_code = Some(code as i32);
+        }
+        exec.status = stopped.or(if oom {
+            Some(Status::MemoryLimit)
+        } else if exec.signal.as_deref() == Some("SIGXCPU") {
+            Some(Status::CpuLimit)
+        } else {
+            None
+        });
+        Ok(exec)
+    });
+    drop(script_dir);
+    result
+}
+
+/// Kills the container without waiting: the engine finishes a kill only
+/// once the container's output is drained, so the caller must go on
+/// reading it.
+fn kill(docker: &bollard::Docker, id: &str) {
+    let docker = docker.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        let _ = docker.kill_container(&id, Some(options)).await;
+    });
+}
+
+/// The container's peak memory from its cgroup, where the engine uses
+/// cgroupfs on this host (best effort).
+fn peak_memory(id: &str) -> Option<u64> {
+    [
+        format!("/sys/fs/cgroup/memory/docker/{id}/memory.max_usage_in_bytes"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.peak"),
+    ]
+    .iter()
+    .find_map(|p| fs::read_to_string(p).ok()?.trim().parse().ok())
+}
+
+fn engine_error(action: &str, e: bollard::errors::Error) -> crate::engine::EngineError {
+    crate::engine::EngineError::Api {
+        action: action.into(),
+        reason: match e {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+            other => other.to_string(),
+        },
+    }
+}

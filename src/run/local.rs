@@ -1,0 +1,432 @@
+//! The local backend: the script runs under bubblewrap (`bwrap`) on the
+//! host, in the venv layers of its environment.
+//!
+//! The whole jail is set up here, in [`jail_args`] and [`pre_exec`]:
+//! - new pid, net, ipc, uts and cgroup namespaces and a new mount namespace
+//!   whose root is empty but for read-only binds of `/usr` (and the
+//!   merged-`/usr` links), the interpreter's prefix, the environment's
+//!   layers and a directory holding only the script; a fresh `/proc`, a
+//!   minimal `/dev`, and a size-limited tmpfs `/tmp`. No host home, no host
+//!   `/etc` beyond the loader cache and time zone;
+//! - a clean environment ([`Limits::environment`]);
+//! - a uid and gid of its own for every run (never the host's root, even
+//!   when scriptbox runs as root; then bwrap sets up the namespaces with
+//!   root's rights and `setpriv` drops to that uid, clears groups, empties
+//!   every capability set and sets no-new-privs before Python starts);
+//! - memory, pids and CPU through a cgroup where the machine lets us
+//!   ([`RunCgroup`]), rlimits always (core 0, open files, file size, CPU
+//!   time, and processes per uid; memory when there is no cgroup);
+//! - the whole process tree killed at the wall limit: bwrap's init is the
+//!   pid namespace's first process, and when it dies the kernel kills every
+//!   process in the namespace, double-forked ones included.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::capture::Capture;
+use super::cgroup::{RunCgroup, join_current};
+use super::limits::{Limits, NOFILE};
+use super::outcome::{Execution, Status, signal_name};
+use super::{RunError, RunRequest};
+use crate::env::EnvLocation;
+
+/// The first uid handed to runs; each run gets one of 65536 from here.
+const UID_BASE: u32 = 200_000;
+/// Where the script's directory appears in the sandbox.
+pub const SCRIPT_DIR: &str = "/sandbox";
+
+/// Finds `bwrap` on `PATH`.
+pub fn find_bwrap() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
+/// The interpreter prefix a venv is based on (`home` in `pyvenv.cfg`, less
+/// its `bin`).
+fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
+    let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).map_err(|e| {
+        RunError::Environment(format!("{}: {e}", venv.join("pyvenv.cfg").display()))
+    })?;
+    let home = cfg
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "home").then(|| PathBuf::from(v.trim()))
+        })
+        .ok_or_else(|| RunError::Environment(format!("{}: no 'home'", venv.display())))?;
+    Ok(home.parent().map(Path::to_path_buf).unwrap_or(home))
+}
+
+/// The venv directories of every layer, from their site-packages.
+fn layer_dirs(site_packages: &[PathBuf]) -> Vec<PathBuf> {
+    site_packages
+        .iter()
+        .filter_map(|s| s.ancestors().nth(3).map(Path::to_path_buf))
+        .collect()
+}
+
+/// `--perms 0755 --dir` for every ancestor of `path` not yet made, so the
+/// sandbox's uid can reach a bind whose host parents it could not
+/// (bwrap would otherwise copy the host's modes, such as `/root`'s 0700).
+fn make_parents(path: &Path, made: &mut Vec<PathBuf>, args: &mut Vec<String>) {
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        if dir == Path::new("/") || made.iter().any(|m| m == dir) {
+            continue;
+        }
+        // `/tmp` itself is the run's tmpfs; below it, and everywhere else
+        // outside `/usr`, `/proc` and `/dev`, parents are made here.
+        if dir == Path::new("/tmp")
+            || ["/usr", "/proc", "/dev"]
+                .iter()
+                .any(|top| dir.starts_with(top))
+        {
+            continue;
+        }
+        args.extend(["--perms".into(), "0755".into(), "--dir".into()]);
+        args.push(dir.display().to_string());
+        made.push(dir.to_path_buf());
+    }
+}
+
+/// The bwrap arguments for one run, up to and including `--`.
+fn jail_args(
+    req: &RunRequest,
+    script_dir: &Path,
+    binds: &[PathBuf],
+    hidden: &[PathBuf],
+    uid: u32,
+    as_root: bool,
+) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]);
+    // Merged-/usr links, or the directories themselves.
+    for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+        let path = Path::new(top);
+        if let Ok(target) = fs::read_link(path) {
+            push(&["--symlink", &target.to_string_lossy(), top]);
+        } else if path.is_dir() {
+            push(&["--ro-bind", top, top]);
+        }
+    }
+    for file in ["/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"] {
+        push(&["--ro-bind-try", file, file]);
+    }
+    push(&["--proc", "/proc", "--dev", "/dev"]);
+    let tmp = req.limits.tmp.to_string();
+    push(&["--size", &tmp, "--perms", "1777", "--tmpfs", "/tmp"]);
+    let mut made = Vec::new();
+    for bind in binds {
+        make_parents(bind, &mut made, &mut a);
+        let b = bind.display().to_string();
+        a.extend(["--ro-bind".into(), b.clone(), b]);
+    }
+    // The interpreter's own site-packages hold the host's packages: hide
+    // them under an empty read-only tmpfs, so that only the environment's
+    // layers can ever be imported.
+    for hidden in hidden {
+        let h = hidden.display().to_string();
+        a.extend(["--tmpfs".into(), h.clone(), "--remount-ro".into(), h]);
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "--ro-bind",
+        &script_dir.display().to_string(),
+        SCRIPT_DIR,
+        "--chdir",
+        "/tmp",
+        "--clearenv",
+    ]);
+    for (k, v) in req.limits.environment() {
+        push(&["--setenv", &k, &v]);
+    }
+    let id = uid.to_string();
+    if as_root {
+        push(&["--cap-add", "CAP_SETUID,CAP_SETGID", "--"]);
+        push(&[
+            "/usr/bin/setpriv",
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]);
+    } else {
+        push(&["--unshare-user", "--uid", &id, "--gid", &id, "--"]);
+    }
+    a
+}
+
+/// Limits applied to bwrap in the child before exec, and inherited by
+/// everything it starts. Only async-signal-safe calls.
+fn pre_exec(
+    limits: &Limits,
+    cgroup_fds: &[i32],
+    with_cgroup: bool,
+) -> impl Fn() -> std::io::Result<()> + 'static {
+    let fds = cgroup_fds.to_vec();
+    let cpu = limits.cpu_seconds();
+    let fsize = limits.tmp;
+    let nproc = u64::from(limits.pids);
+    let memory = limits.memory;
+    move || {
+        join_current(&fds)?;
+        let set = |resource, soft: u64, hard: u64| {
+            let rl = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit reads the struct and changes this process.
+            if unsafe { libc::setrlimit(resource, &rl) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        set(libc::RLIMIT_CORE, 0, 0)?;
+        set(libc::RLIMIT_NOFILE, NOFILE, NOFILE)?;
+        set(libc::RLIMIT_FSIZE, fsize, fsize)?;
+        // SIGXCPU at the limit, SIGKILL a second later if it is ignored.
+        set(libc::RLIMIT_CPU, cpu, cpu + 1)?;
+        // Counted per uid, and every run has a uid of its own.
+        set(libc::RLIMIT_NPROC, nproc, nproc)?;
+        if !with_cgroup {
+            set(libc::RLIMIT_DATA, memory, memory)?;
+        }
+        // SAFETY: prctl with these arguments only sets this process's
+        // parent-death signal.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        Ok(())
+    }
+}
+
+/// Runs `req` under bwrap.
+pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
+    let EnvLocation::Venv {
+        path: venv,
+        python,
+        site_packages,
+    } = &req.env.location
+    else {
+        return Err(RunError::Environment(
+            "the local backend needs a venv environment".into(),
+        ));
+    };
+    let bwrap = find_bwrap().ok_or(RunError::NoBwrap)?;
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let run_id = uuid::Uuid::new_v4();
+    let uid = UID_BASE + (run_id.as_u128() % 65_536) as u32;
+
+    // The script alone, read-only, in a directory of its own.
+    let script_dir = tempfile::Builder::new()
+        .prefix("scriptbox-run-")
+        .tempdir()
+        .map_err(|e| RunError::Io(format!("creating the run directory: {e}")))?;
+    fs::set_permissions(script_dir.path(), fs::Permissions::from_mode(0o755))
+        .map_err(|e| RunError::Io(e.to_string()))?;
+    let script_in = script_dir.path().join(&req.script_name);
+    fs::File::create(&script_in)
+        .and_then(|mut f| f.write_all(&req.script))
+        .and_then(|()| fs::set_permissions(&script_in, fs::Permissions::from_mode(0o444)))
+        .map_err(|e| RunError::Io(format!("writing the script: {e}")))?;
+
+    let prefix = interpreter_prefix(venv)?;
+    let hidden: Vec<PathBuf> = fs::read_dir(prefix.join("lib"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut binds = vec![prefix];
+    binds.extend(layer_dirs(site_packages));
+    binds.retain(|b| !b.starts_with("/usr"));
+    let cgroup = RunCgroup::create(&run_id.to_string(), &req.limits);
+    let mut cmd = Command::new(&bwrap);
+    cmd.args(jail_args(
+        req,
+        script_dir.path(),
+        &binds,
+        &hidden,
+        uid,
+        as_root,
+    ))
+    .arg(python)
+    .args(["-I", "-u", "-B"])
+    .arg(format!("{SCRIPT_DIR}/{}", req.script_name))
+    .args(&req.args)
+    .env_clear();
+    let enforcement = vec![
+        cgroup
+            .as_ref()
+            .map_or("rlimit", |c| c.version())
+            .to_string(),
+        "rlimit".to_string(),
+    ];
+    let exec = supervise(cmd, req, cgroup.as_ref(), enforcement);
+    drop(script_dir);
+    exec
+}
+
+/// Starts `cmd` under the limits (joining `cgroup` when there is one),
+/// captures its output, stops it at the wall or output limit, and works out
+/// how it ended.
+fn supervise(
+    mut cmd: Command,
+    req: &RunRequest,
+    cgroup: Option<&RunCgroup>,
+    mut enforcement: Vec<String>,
+) -> Result<Execution, RunError> {
+    enforcement.dedup();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    match &req.stdin {
+        Some(path) => {
+            let file = fs::File::open(path)
+                .map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
+            cmd.stdin(file);
+        }
+        None => {
+            cmd.stdin(Stdio::null());
+        }
+    }
+    let fds = cgroup.map(|c| c.procs_fds()).unwrap_or_default();
+    // SAFETY: the closure only calls write, setrlimit and prctl.
+    unsafe {
+        cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some()));
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunError::Io(format!("starting {:?}: {e}", cmd.get_program())))?;
+    let capture = Capture::start(
+        child.stdout.take().expect("stdout is piped"),
+        child.stderr.take().expect("stderr is piped"),
+        req.limits.output,
+    );
+    let deadline = started + req.limits.wall_time;
+    let mut stopped: Option<Status> = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| RunError::Io(e.to_string()))? {
+            break status;
+        }
+        if stopped.is_none() {
+            if capture.exceeded() {
+                stopped = Some(Status::OutputLimit);
+            } else if Instant::now() >= deadline {
+                stopped = Some(Status::TimedOut);
+            }
+            if stopped.is_some() {
+                let _ = child.kill();
+                if let Some(cg) = cgroup {
+                    cg.kill_all();
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    // Anything left behind (only possible without a pid namespace) dies now.
+    if let Some(cg) = cgroup {
+        cg.kill_all();
+    }
+    let (out, err) = capture.finish();
+    let mut exec = Execution {
+        stdout: out.bytes,
+        stderr: err.bytes,
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+        seconds,
+        peak_memory: cgroup.and_then(RunCgroup::peak_memory),
+        enforcement,
+        ..Execution::default()
+    };
+    // bwrap reports the script's exit code, or 128 + the signal that
+    // ended it.
+    match (status.code(), status.signal()) {
+        (Some(code), _) if code > 128 && code - 128 < 32 => {
+            exec.signal = Some(signal_name(code - 128));
+        }
+        (Some(code), _) => exec.exit_code = Some(code),
+        (None, Some(sig)) => exec.signal = Some(signal_name(sig)),
+        (None, None) => {}
+    }
+    let oom = cgroup.is_some_and(RunCgroup::oom_killed);
+    exec.status = stopped.or_else(|| {
+        if oom {
+            Some(Status::MemoryLimit)
+        } else if exec.signal.as_deref() == Some("SIGXCPU") {
+            Some(Status::CpuLimit)
+        } else if cgroup.is_none() && ends_with_memory_error(&exec.stderr) {
+            Some(Status::MemoryLimit)
+        } else {
+            None
+        }
+    });
+    Ok(exec)
+}
+
+/// Under rlimits only, running out of memory shows as Python's
+/// `MemoryError` ending the traceback.
+fn ends_with_memory_error(stderr: &[u8]) -> bool {
+    String::from_utf8_lossy(stderr)
+        .trim_end()
+        .lines()
+        .last()
+        .is_some_and(|l| l.starts_with("MemoryError"))
+}
+
+/// Runs `req` without bubblewrap: the same limits (cgroup and rlimits), a
+/// clean environment and a private working directory, but no namespaces:
+/// the script sees the host as this user does. Only for machines where
+/// bwrap cannot run, and only when asked for explicitly.
+pub fn run_unsandboxed(req: &RunRequest) -> Result<Execution, RunError> {
+    let EnvLocation::Venv { python, .. } = &req.env.location else {
+        return Err(RunError::Environment(
+            "the local backend needs a venv environment".into(),
+        ));
+    };
+    let work = tempfile::Builder::new()
+        .prefix("scriptbox-unsandboxed-")
+        .tempdir()
+        .map_err(|e| RunError::Io(e.to_string()))?;
+    let script = work.path().join(&req.script_name);
+    fs::write(&script, &req.script).map_err(|e| RunError::Io(e.to_string()))?;
+    let mut cmd = Command::new(python);
+    cmd.args(["-I", "-u", "-B"])
+        .arg(&script)
+        .args(&req.args)
+        .current_dir(work.path())
+        .env_clear()
+        .envs(req.limits.environment())
+        .env("HOME", work.path())
+        .env("TMPDIR", work.path());
+    supervise(cmd, req, None, vec!["rlimit".into(), "unsandboxed".into()])
+}

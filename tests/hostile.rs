@@ -1,0 +1,304 @@
+//! The hostile suite: every script in tests/hostile/ runs through
+//! `scriptbox run` on both backends (never directly on the host), under
+//! tests/policies/hostile.toml's tight profile. Each must end with the status
+//! its `# expect:` line names, print no `ESCAPED`, and leave the host as it
+//! was: no process or container left, no planted secret or host variable in
+//! its output, no connection to the host's loopback listener, the shared
+//! environment intact, a host process of ours still alive.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
+const POLICY: &str = "tests/policies/hostile.toml";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The expected status of `script` on `backend`.
+fn expected(script: &Path, backend: &str) -> String {
+    let text = fs::read_to_string(script).unwrap();
+    let specific = format!("# expect-{backend}: ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&specific))
+        .or_else(|| text.lines().find_map(|l| l.strip_prefix("# expect: ")))
+        .unwrap_or_else(|| panic!("{} has no '# expect:' line", script.display()))
+        .trim()
+        .to_string()
+}
+
+/// Processes on the host whose real uid is in the local backend's range.
+fn sandbox_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if (200_000..265_536).contains(&uid) {
+            found.push(format!("{} uid {uid}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn run_containers() -> String {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=io.scriptbox.kind=run"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// scriptbox's run directories in the temporary directory.
+fn run_dirs() -> Vec<String> {
+    fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("scriptbox-run-"))
+        .collect()
+}
+
+#[test]
+fn hostile_scripts_are_contained_on_both_backends() {
+    let cache = tempfile::tempdir().unwrap();
+    let marker = format!("HOSTSECRET{}", std::process::id());
+    let planted = tempfile::NamedTempFile::new().unwrap();
+    fs::write(planted.path(), format!("planted-{marker}")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let connected = Arc::new(AtomicBool::new(false));
+    let mut sentinel = Command::new("sleep").arg("600").spawn().unwrap();
+    let run_dirs_before = run_dirs();
+
+    let mut scripts: Vec<PathBuf> = fs::read_dir(repo().join("tests/hostile"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "py"))
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 20, "{} hostile scripts", scripts.len());
+
+    let scriptbox = |script: &Path, backend: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "run",
+            "--format",
+            "json",
+            "--policy",
+            POLICY,
+            "--backend",
+            backend,
+        ])
+        .args(["--python", &python()])
+        .arg(script)
+        .current_dir(repo())
+        .env("SCRIPTBOX_CACHE_DIR", cache.path())
+        .env("SCRIPTBOX_HOSTILE_MARKER", &marker)
+        .stdin(Stdio::null());
+        cmd.arg("--");
+        match script.file_stem().unwrap().to_str().unwrap() {
+            "read_planted" => {
+                cmd.arg(planted.path());
+            }
+            "net_connect" => {
+                cmd.arg(port.to_string());
+            }
+            "huge_argv" => {
+                cmd.args(std::iter::repeat_n("a".repeat(100), 2000));
+            }
+            _ => {}
+        }
+        cmd
+    };
+    // Build both environments once, before the parallel runs.
+    for backend in ["local", "docker"] {
+        let out = scriptbox(&repo().join("tests/hostile/env_leak.py"), backend)
+            .output()
+            .unwrap();
+        assert!(out.status.code().is_some(), "{backend}");
+    }
+
+    let jobs: Vec<(PathBuf, &str)> = scripts
+        .iter()
+        .flat_map(|s| [(s.clone(), "local"), (s.clone(), "docker")])
+        .collect();
+    let jobs = Arc::new(Mutex::new(jobs));
+    let results: Arc<Mutex<BTreeMap<(String, String), serde_json::Value>>> = Arc::default();
+    std::thread::scope(|scope| {
+        // Two at a time: the machine has two cores, and CPU-bound scripts
+        // must get their share for `cpu-limit` to come before `timed-out`.
+        for _ in 0..2 {
+            let jobs = jobs.clone();
+            let results = results.clone();
+            let scriptbox = &scriptbox;
+            scope.spawn(move || {
+                loop {
+                    let Some((script, backend)) = jobs.lock().unwrap().pop() else {
+                        return;
+                    };
+                    let out = scriptbox(&script, backend).output().unwrap();
+                    let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "{} on {backend}: not JSON ({e}): {}",
+                                script.display(),
+                                String::from_utf8_lossy(&out.stderr)
+                            )
+                        });
+                    let name = script.file_name().unwrap().to_string_lossy().into_owned();
+                    results
+                        .lock()
+                        .unwrap()
+                        .insert((name, backend.to_string()), value);
+                }
+            });
+        }
+        // Meanwhile, watch the loopback listener.
+        let connected = connected.clone();
+        let listener = &listener;
+        let jobs = jobs.clone();
+        scope.spawn(move || {
+            while !jobs.lock().unwrap().is_empty() {
+                if listener.accept().is_ok() {
+                    connected.store(true, Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+    });
+
+    let results = results.lock().unwrap();
+    let mut failures = Vec::new();
+    println!(
+        "{:<24} {:<7} {:<13} {:>7}  detail",
+        "script", "backend", "status", "seconds"
+    );
+    for ((name, backend), r) in results.iter() {
+        let status = r["status"].as_str().unwrap_or("?");
+        let stdout = r["stdout"].as_str().unwrap_or("");
+        let stderr = r["stderr"].as_str().unwrap_or("");
+        let first = stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(70)
+            .collect::<String>();
+        println!(
+            "{name:<24} {backend:<7} {status:<13} {:>7.2}  {}{}",
+            r["durations"]["run"].as_f64().unwrap_or(0.0),
+            r["signal"]
+                .as_str()
+                .map(|s| format!("[{s}] "))
+                .unwrap_or_default(),
+            first
+        );
+        let want = expected(&repo().join("tests/hostile").join(name), backend);
+        if status != want {
+            failures.push(format!(
+                "{name} on {backend}: {status}, expected {want}: {r}"
+            ));
+        }
+        if stdout.contains("ESCAPED") {
+            failures.push(format!("{name} on {backend} escaped: {stdout}"));
+        }
+        if stdout.contains(&marker) || stderr.contains(&marker) {
+            failures.push(format!("{name} on {backend} saw a host secret"));
+        }
+    }
+    // The environment variables a run gets are exactly the documented ones.
+    for backend in ["local", "docker"] {
+        let env = &results[&("env_leak.py".to_string(), backend.to_string())]["stdout"];
+        let keys: Vec<&str> = env
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        let allowed = [
+            "HOME",
+            "HOSTNAME",
+            "LANG",
+            "MKL_NUM_THREADS",
+            "MPLBACKEND",
+            "NUMEXPR_MAX_THREADS",
+            "OMP_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "PATH",
+            "PYTHONDONTWRITEBYTECODE",
+            "PYTHONUNBUFFERED",
+            "TMPDIR",
+            "LC_CTYPE",
+            "PWD",
+        ];
+        for k in keys {
+            if !allowed.contains(&k) {
+                failures.push(format!("{backend}: unexpected variable {k}"));
+            }
+        }
+    }
+    let non_utf8 = &results[&("non_utf8_output.py".to_string(), "local".to_string())];
+    assert!(non_utf8["stdout"].as_str().unwrap().contains('\u{fffd}'));
+    let argv = &results[&("huge_argv.py".to_string(), "docker".to_string())];
+    assert!(
+        argv["stdout"].as_str().unwrap().contains("args: 2000"),
+        "{argv}"
+    );
+
+    // The host is as it was.
+    assert!(sandbox_processes().is_empty(), "{:?}", sandbox_processes());
+    assert_eq!(run_containers(), "", "run containers left behind");
+    assert!(
+        !connected.load(Ordering::SeqCst),
+        "a script reached the host's loopback"
+    );
+    assert_eq!(
+        fs::read_to_string(planted.path()).unwrap(),
+        format!("planted-{marker}")
+    );
+    assert!(!Path::new("/scriptbox-hostile-was-here").exists());
+    assert!(
+        sentinel.try_wait().unwrap().is_none(),
+        "a host process was killed"
+    );
+    let _ = sentinel.kill();
+    let verify = Command::new(BIN)
+        .args(["env", "verify"])
+        .env("SCRIPTBOX_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let leftover: Vec<String> = run_dirs()
+        .into_iter()
+        .filter(|d| !run_dirs_before.contains(d))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(leftover.is_empty(), "run directories left: {leftover:?}");
+}

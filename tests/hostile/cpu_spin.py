@@ -1,0 +1,4 @@
+# expect: cpu-limit
+# Spins on the CPU forever.
+while True:
+    pass
