@@ -1,0 +1,240 @@
+//! `scriptbox run` end to end: the README's example on both backends, each
+//! status the command itself decides (rejected, failed, error), arguments
+//! and stdin, numpy under a pids limit, and a machine without bubblewrap.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn run(cache: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--python", &python()])
+        .args(args)
+        .current_dir(repo())
+        .env("SCRIPTBOX_CACHE_DIR", cache);
+    cmd
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn script(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_pandas_example_runs_on_both_backends() {
+    let cache = tempfile::tempdir().unwrap();
+    for backend in ["local", "docker"] {
+        let out = run(
+            cache.path(),
+            &[
+                "examples/sma_pandas.py",
+                "--policy",
+                "strict",
+                "--stdin",
+                "examples/data/prices.csv",
+                "--backend",
+                backend,
+                "--format",
+                "json",
+            ],
+        )
+        .output()
+        .unwrap();
+        let r = json(&out);
+        assert_eq!(r["status"], "succeeded", "{backend}: {r}");
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(r["schema"], "scriptbox.run/1");
+        assert_eq!(r["exit_code"], 0);
+        assert!(
+            r["stdout"]
+                .as_str()
+                .unwrap()
+                .contains("strategy return +12.56%, buy and hold +25.21%"),
+            "{r}"
+        );
+        assert_eq!(
+            r["env"]["kind"],
+            if backend == "local" { "venv" } else { "image" }
+        );
+        assert!(r["durations"]["run"].as_f64().unwrap() > 0.0);
+    }
+    // The text format: the script's output, then one status line.
+    let out = run(
+        cache.path(),
+        &[
+            "examples/sma_pandas.py",
+            "--policy",
+            "strict",
+            "--stdin",
+            "examples/data/prices.csv",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BUY"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scriptbox: succeeded in"), "{err}");
+    assert!(err.contains("cached"), "the environment was reused: {err}");
+}
+
+#[test]
+fn rejected_failed_and_error_are_told_apart() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Refused by the policy: nothing runs.
+    let s = script(dir.path(), "bot.py", "import flask\n");
+    let out = run(
+        cache.path(),
+        &[&s, "--policy", "strict", "--format", "json"],
+    )
+    .output()
+    .unwrap();
+    let r = json(&out);
+    assert_eq!(r["status"], "rejected");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(r["message"].as_str().unwrap().contains("flask"), "{r}");
+    assert_eq!(r["env"], serde_json::Value::Null);
+    // Not Python: rejected with the place.
+    let s = script(dir.path(), "broken.py", "def f(:\n");
+    let r = json(
+        &run(
+            cache.path(),
+            &[&s, "--policy", "strict", "--format", "json"],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r["status"], "rejected");
+    assert!(r["message"].as_str().unwrap().contains("line 1"), "{r}");
+    // A non-zero exit is `failed`, with the code; arguments arrive.
+    let s = script(
+        dir.path(),
+        "exit.py",
+        "import sys\nprint(sys.argv[1:])\nsys.exit(3)\n",
+    );
+    let out = run(
+        cache.path(),
+        &[
+            &s, "--policy", "strict", "--format", "json", "--", "a", "b c",
+        ],
+    )
+    .output()
+    .unwrap();
+    let r = json(&out);
+    assert_eq!(
+        (r["status"].as_str(), r["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(r["stdout"], "['a', 'b c']\n");
+    // An unknown profile is scriptbox's error, naming the profiles there are.
+    let out = run(
+        cache.path(),
+        &[&s, "--policy", "strict", "--profile", "huge"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no profile 'huge' (it has: default)")
+    );
+}
+
+#[test]
+fn numpy_works_under_the_pids_limit() {
+    // strict's profile allows 32 processes and threads; numpy's thread
+    // pools follow the profile's cpus instead of the host's cores.
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "np.py",
+        "import os, numpy\nprint(numpy.linalg.inv(numpy.eye(200)).trace(), os.environ['OPENBLAS_NUM_THREADS'])\n",
+    );
+    let r = json(
+        &run(
+            cache.path(),
+            &[&s, "--policy", "strict", "--format", "json"],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["stdout"], "200.0 1\n");
+    assert!(
+        r["enforcement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "rlimit")
+    );
+}
+
+#[test]
+fn without_bubblewrap_the_local_backend_refuses_unless_told() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(dir.path(), "hello.py", "print('hello')\n");
+    // A PATH with no bwrap on it.
+    let bin = tempfile::tempdir().unwrap();
+    let out = run(
+        cache.path(),
+        &[&s, "--policy", "strict", "--format", "json"],
+    )
+    .env("PATH", bin.path())
+    .output()
+    .unwrap();
+    let r = json(&out);
+    assert_eq!(r["status"], "error");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("apt-get install bubblewrap"),
+        "{r}"
+    );
+    let out = run(
+        cache.path(),
+        &[
+            &s,
+            "--policy",
+            "strict",
+            "--format",
+            "json",
+            "--unsandboxed",
+        ],
+    )
+    .env("PATH", bin.path())
+    .output()
+    .unwrap();
+    let r = json(&out);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["stdout"], "hello\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: --unsandboxed"));
+}
