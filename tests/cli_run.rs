@@ -8,6 +8,14 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
 
+/// Tests that run containers, or count them, take turns: a count must not
+/// see another test's container.
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn engine_turn() -> std::sync::MutexGuard<'static, ()> {
+    ENGINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -47,6 +55,7 @@ fn script(dir: &Path, name: &str, text: &str) -> String {
 
 #[test]
 fn the_pandas_example_runs_on_both_backends() {
+    let _turn = engine_turn();
     let cache = tempfile::tempdir().unwrap();
     for backend in ["local", "docker"] {
         let out = run(
@@ -237,4 +246,112 @@ fn without_bubblewrap_the_local_backend_refuses_unless_told() {
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["stdout"], "hello\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: --unsandboxed"));
+}
+
+#[test]
+fn sigterm_to_scriptbox_stops_the_script_and_cleans_up() {
+    let _turn = engine_turn();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "wait.py",
+        "import time\nprint('started', flush=True)\ntime.sleep(600)\n",
+    );
+    for backend in ["local", "docker"] {
+        let child = run(
+            cache.path(),
+            &[
+                &s,
+                "--policy",
+                "tests/policies/hostile.toml",
+                "--backend",
+                backend,
+                "--format",
+                "json",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        // SAFETY: sends a signal to our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let out = child.wait_with_output().unwrap();
+        let r = json(&out);
+        assert_eq!(r["status"], "killed", "{backend}: {r}");
+        assert_eq!(r["signal"], "SIGTERM", "{backend}: {r}");
+        assert!(r["durations"]["run"].as_f64().unwrap() < 5.0, "{r}");
+        assert_eq!(out.status.code(), Some(8));
+    }
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=io.scriptbox.kind=run"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "containers left behind");
+}
+
+#[test]
+fn a_killed_scriptbox_leaves_nothing_running() {
+    let _turn = engine_turn();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "linger.py",
+        "import time\nprint('started', flush=True)\ntime.sleep(600)\n",
+    );
+    let hello = script(dir.path(), "hello.py", "print('hello')\n");
+    let containers = || {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=io.scriptbox.kind=run"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for backend in ["local", "docker"] {
+        let mut child = run(
+            cache.path(),
+            &[
+                &s,
+                "--policy",
+                "tests/policies/hostile.toml",
+                "--backend",
+                backend,
+            ],
+        )
+        .spawn()
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        child.kill().unwrap(); // SIGKILL: no clean-up code runs
+        child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // The local sandbox dies with its parent (bwrap --die-with-parent).
+        let lingering = Command::new("pgrep")
+            .args(["-f", "/sandbox/linger.py"])
+            .output()
+            .unwrap();
+        if backend == "local" {
+            assert!(lingering.stdout.is_empty(), "local sandbox survived");
+        } else {
+            assert!(!containers().is_empty(), "the container outlived scriptbox");
+            // The next docker run removes it before starting its own.
+            let out = run(
+                cache.path(),
+                &[
+                    &hello,
+                    "--policy",
+                    "tests/policies/hostile.toml",
+                    "--backend",
+                    "docker",
+                ],
+            )
+            .output()
+            .unwrap();
+            assert!(out.status.success());
+            assert_eq!(containers(), "", "the stray container was reaped");
+        }
+    }
 }

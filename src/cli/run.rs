@@ -224,6 +224,7 @@ fn execute(args: &RunArgs) -> RunOutcome {
     };
     let span = tracing::info_span!("run", env = %summary.key.get(..16).unwrap_or(""), backend);
     let _guard = span.enter();
+    scriptbox::run::cancel::install();
     let result = match args.backend {
         RunBackend::Local if args.unsandboxed => {
             eprintln!(

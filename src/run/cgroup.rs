@@ -50,6 +50,9 @@ impl RunCgroup {
     }
 
     fn create_v1(root: &Path, id: &str, limits: &Limits) -> std::io::Result<RunCgroup> {
+        for controller in ["memory", "pids", "cpu"] {
+            sweep(&root.join(controller).join("scriptbox"));
+        }
         let mut cg = RunCgroup {
             dirs: Vec::new(),
             v2: false,
@@ -96,6 +99,7 @@ impl RunCgroup {
             .trim_start_matches('/');
         let base = root.join(rel).parent().unwrap_or(root).join("scriptbox");
         fs::create_dir_all(&base)?;
+        sweep(&base);
         write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
         let dir = base.join(id);
         fs::create_dir_all(&dir)?;
@@ -209,6 +213,26 @@ impl Drop for RunCgroup {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+        }
+    }
+}
+
+/// Removes cgroups left by runs whose scriptbox died (a cgroup with no
+/// process left can be removed; one still in use refuses). Only those older
+/// than a minute: a new run's cgroup is empty until its process joins.
+fn sweep(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if old && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }

@@ -263,6 +263,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
         let deadline = tokio::time::Instant::now() + wall;
         let mut output_open = true;
         let mut exit_code: Option<i64> = None;
+        let mut cancelled: Option<i32> = None;
         loop {
             tokio::select! {
                 chunk = attached.output.next(), if output_open => match chunk {
@@ -305,6 +306,13 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                     stopped = Some(Status::TimedOut);
                     kill(docker, id);
                 }
+                _ = tokio::time::sleep(Duration::from_millis(50)), if stopped.is_none() => {
+                    if let Some(sig) = super::cancel::requested() {
+                        cancelled = Some(sig);
+                        stopped = Some(Status::Killed);
+                        kill(docker, id);
+                    }
+                }
             }
             if exit_code.is_some() && !output_open {
                 break;
@@ -341,6 +349,10 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
             exec.signal = Some(signal_name((code - 128) as i32));
         } else {
             exec.exit_code = Some(code as i32);
+        }
+        if let Some(sig) = cancelled {
+            exec.signal = Some(signal_name(sig));
+            exec.exit_code = None;
         }
         exec.status = stopped.or(if oom {
             Some(Status::MemoryLimit)

@@ -333,6 +333,7 @@ fn supervise(
     );
     let deadline = started + req.limits.wall_time;
     let mut stopped: Option<Status> = None;
+    let mut cancelled: Option<i32> = None;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| RunError::Io(e.to_string()))? {
             break status;
@@ -342,6 +343,9 @@ fn supervise(
                 stopped = Some(Status::OutputLimit);
             } else if Instant::now() >= deadline {
                 stopped = Some(Status::TimedOut);
+            } else if let Some(sig) = super::cancel::requested() {
+                cancelled = Some(sig);
+                stopped = Some(Status::Killed);
             }
             if stopped.is_some() {
                 let _ = child.kill();
@@ -377,6 +381,11 @@ fn supervise(
         (Some(code), _) => exec.exit_code = Some(code),
         (None, Some(sig)) => exec.signal = Some(signal_name(sig)),
         (None, None) => {}
+    }
+    if let Some(sig) = cancelled {
+        // scriptbox was asked to stop: name that signal, not our SIGKILL.
+        exec.signal = Some(signal_name(sig));
+        exec.exit_code = None;
     }
     let oom = cgroup.is_some_and(RunCgroup::oom_killed);
     exec.status = stopped.or_else(|| {

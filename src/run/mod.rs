@@ -7,6 +7,7 @@
 //! which returns an [`outcome::Execution`]; [`outcome::RunOutcome`] is what
 //! `scriptbox run` reports.
 
+pub mod cancel;
 pub mod capture;
 pub mod cgroup;
 pub mod docker;
