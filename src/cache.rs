@@ -99,3 +99,58 @@ pub fn file_identity(program: &Path) -> Option<String> {
         .as_bytes(),
     ))
 }
+
+/// How long an answer from a launcher script stays good.
+pub const SCRIPT_ANSWER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The identity of a launcher script (a pyenv shim, say) on `PATH` or at
+/// `program`: which real program it starts depends on things outside the
+/// file (`PYENV_VERSION`, the working directory's `.python-version`), so an
+/// answer keyed by this is only trusted for [`SCRIPT_ANSWER_TTL`] (see
+/// [`read_json_fresh`]). `None` for anything that is not a `#!` script.
+pub fn script_identity(program: &Path) -> Option<String> {
+    use std::io::Read;
+    let path = if program.components().count() == 1 && !program.exists() {
+        let search = std::env::var_os("PATH")?;
+        std::env::split_paths(&search)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())?
+    } else {
+        program.to_path_buf()
+    };
+    let mut head = [0u8; 2];
+    std::fs::File::open(&path)
+        .ok()?
+        .read_exact(&mut head)
+        .ok()?;
+    if &head != b"#!" {
+        return None;
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let pyenv: Vec<String> = ["PYENV_VERSION", "PYENV_ROOT", "VIRTUAL_ENV", "PATH"]
+        .iter()
+        .map(|k| std::env::var(k).unwrap_or_default())
+        .collect();
+    Some(sha256_hex(
+        format!(
+            "script\0{}\0{}\0{}",
+            path.display(),
+            cwd.display(),
+            pyenv.join("\0")
+        )
+        .as_bytes(),
+    ))
+}
+
+/// Like [`read_json`], but only when the file was written less than
+/// `max_age` ago.
+pub fn read_json_fresh<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    max_age: std::time::Duration,
+) -> Option<T> {
+    let age = std::fs::metadata(path).ok()?.modified().ok()?.elapsed().ok()?;
+    if age > max_age {
+        return None;
+    }
+    read_json(path)
+}

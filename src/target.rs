@@ -268,7 +268,26 @@ impl TargetPython {
                     }
                 }
             }
-            None => query(&exe)?,
+            // A launcher script (pyenv's shim): its answer is kept briefly.
+            None => match cache_dir.zip(crate::cache::script_identity(&exe)) {
+                Some((dir, key)) => {
+                    let file = dir.join("interpreters").join(format!("script-{key}.json"));
+                    match crate::cache::read_json_fresh::<InterpreterInfo>(
+                        &file,
+                        crate::cache::SCRIPT_ANSWER_TTL,
+                    )
+                    .filter(|info| info.schema == CACHE_SCHEMA)
+                    {
+                        Some(info) => info,
+                        None => {
+                            let info = query(&exe)?;
+                            write_json(&file, &info);
+                            info
+                        }
+                    }
+                }
+                None => query(&exe)?,
+            },
         };
         let bad = |reason: String| TargetError::BadAnswer {
             path: exe.display().to_string(),

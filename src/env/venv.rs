@@ -75,6 +75,14 @@ pub fn uv_version(uv: &str, cache: &Path) -> Result<String, BuildError> {
     if let Some(version) = entry.as_deref().and_then(crate::cache::read_json::<String>) {
         return Ok(version);
     }
+    // A launcher script (pyenv's shim): its answer is kept briefly.
+    let script_entry = crate::cache::script_identity(Path::new(uv))
+        .map(|id| cache.join("uv-version").join(format!("script-{id}.json")));
+    if let Some(version) = script_entry.as_deref().and_then(|f| {
+        crate::cache::read_json_fresh::<String>(f, crate::cache::SCRIPT_ANSWER_TTL)
+    }) {
+        return Ok(version);
+    }
     let out = Command::new(uv)
         .arg("--version")
         .stdin(Stdio::null())
@@ -90,7 +98,7 @@ pub fn uv_version(uv: &str, cache: &Path) -> Result<String, BuildError> {
             reason: format!("`{uv} --version` answered {:?} ({})", version, out.status),
         });
     }
-    if let Some(entry) = &entry {
+    if let Some(entry) = entry.as_ref().or(script_entry.as_ref()) {
         crate::cache::write_json(entry, &version);
     }
     Ok(version)
