@@ -91,6 +91,9 @@ fn the_pandas_example_runs_on_both_backends() {
             if backend == "local" { "venv" } else { "image" }
         );
         assert!(r["durations"]["run"].as_f64().unwrap() > 0.0);
+        // pandas alone takes tens of MiB; both backends measure the peak.
+        let peak = r["peak_memory_bytes"].as_u64().unwrap_or(0);
+        assert!(peak > 20 << 20, "{backend}: peak {peak}");
     }
     // The text format: the script's output, then one status line.
     let out = run(

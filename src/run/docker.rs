@@ -307,6 +307,11 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                     kill(docker, id);
                 }
                 _ = tokio::time::sleep(Duration::from_millis(50)), if stopped.is_none() => {
+                    // The cgroup goes with the container: sample its peak
+                    // while it runs.
+                    if let Some(peak) = peak_memory(id) {
+                        exec.peak_memory = Some(exec.peak_memory.unwrap_or(0).max(peak));
+                    }
                     if let Some(sig) = super::cancel::requested() {
                         cancelled = Some(sig);
                         stopped = Some(Status::Killed);
@@ -344,7 +349,9 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
             .and_then(|s| s.exit_code)
             .or(exit_code)
             .unwrap_or(-1);
-        exec.peak_memory = peak_memory(id);
+        if let Some(peak) = peak_memory(id) {
+            exec.peak_memory = Some(exec.peak_memory.unwrap_or(0).max(peak));
+        }
         if code > 128 && code - 128 < 32 {
             exec.signal = Some(signal_name((code - 128) as i32));
         } else {
