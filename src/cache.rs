@@ -148,7 +148,12 @@ pub fn read_json_fresh<T: serde::de::DeserializeOwned>(
     path: &Path,
     max_age: std::time::Duration,
 ) -> Option<T> {
-    let age = std::fs::metadata(path).ok()?.modified().ok()?.elapsed().ok()?;
+    let age = std::fs::metadata(path)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?;
     if age > max_age {
         return None;
     }

@@ -358,3 +358,31 @@ fn a_killed_scriptbox_leaves_nothing_running() {
         }
     }
 }
+
+#[test]
+fn without_cgroups_rlimits_still_hold_and_the_outcome_says_so() {
+    let cache = tempfile::tempdir().unwrap();
+    let hostile = repo().join("tests/hostile");
+    for (name, want) in [
+        ("memory_bomb.py", "memory-limit"),
+        ("cpu_spin.py", "cpu-limit"),
+        ("fork_bomb.py", "timed-out"),
+    ] {
+        let out = run(
+            cache.path(),
+            &[
+                hostile.join(name).to_str().unwrap(),
+                "--policy",
+                "tests/policies/hostile.toml",
+                "--format",
+                "json",
+            ],
+        )
+        .env("SCRIPTBOX_CGROUPS", "off")
+        .output()
+        .unwrap();
+        let r = json(&out);
+        assert_eq!(r["status"], want, "{name}: {r}");
+        assert_eq!(r["enforcement"], serde_json::json!(["rlimit"]), "{name}");
+    }
+}

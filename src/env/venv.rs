@@ -78,9 +78,10 @@ pub fn uv_version(uv: &str, cache: &Path) -> Result<String, BuildError> {
     // A launcher script (pyenv's shim): its answer is kept briefly.
     let script_entry = crate::cache::script_identity(Path::new(uv))
         .map(|id| cache.join("uv-version").join(format!("script-{id}.json")));
-    if let Some(version) = script_entry.as_deref().and_then(|f| {
-        crate::cache::read_json_fresh::<String>(f, crate::cache::SCRIPT_ANSWER_TTL)
-    }) {
+    if let Some(version) = script_entry
+        .as_deref()
+        .and_then(|f| crate::cache::read_json_fresh::<String>(f, crate::cache::SCRIPT_ANSWER_TTL))
+    {
         return Ok(version);
     }
     let out = Command::new(uv)
