@@ -101,7 +101,7 @@ pub fn read_script(path: &Path, max_bytes: u64) -> Result<String, SourceError> {
 /// O_NONBLOCK: opening a FIFO (or a symlink to one) planted where a file
 /// should be must not block forever; the fstat then rejects it. Regular
 /// files ignore the flag.
-pub(crate) fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)

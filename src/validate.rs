@@ -319,6 +319,32 @@ pub fn validate_file(
     Ok(report)
 }
 
+/// Validates a script already read into memory (what `run` will execute,
+/// so the file cannot change between the check and the run). `path` only
+/// names it in the report.
+pub fn validate_bytes(
+    path: &Path,
+    bytes: &[u8],
+    target: &TargetPython,
+    options: &ValidateOptions,
+) -> Result<ValidationReport, ValidateError> {
+    let span = info_span!("validate", script = %path.display(), python = %target.version);
+    let _guard = span.enter();
+    if bytes.len() as u64 > options.max_script_bytes {
+        return Err(crate::source::SourceError::TooLarge {
+            size: bytes.len() as u64,
+            limit: options.max_script_bytes,
+        }
+        .into());
+    }
+    let source = crate::source::decode_source(bytes)?;
+    let mut report = validate_source(path, &source, target, None)?;
+    if let Some(policy) = &options.policy {
+        apply_policy(&mut report, policy);
+    }
+    Ok(report)
+}
+
 /// The sha256 of a script's decoded text, hex-encoded: how logs name a script.
 pub fn script_digest(source: &str) -> String {
     crate::cache::sha256_hex(source.as_bytes())

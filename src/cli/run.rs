@@ -10,7 +10,7 @@ use scriptbox::policy::verdict::PolicyStatus;
 use scriptbox::run::outcome::{EnvSummary, RunOutcome, Status};
 use scriptbox::run::{RunRequest, limits::Limits, sandbox_name};
 use scriptbox::target::TargetPython;
-use scriptbox::validate::{ValidateOptions, Verdict, missing_message, validate_file};
+use scriptbox::validate::{ValidateOptions, Verdict, missing_message, validate_bytes};
 
 use super::env::{Backend, cache_dir, ensure, plan};
 use crate::{Format, load_policy};
@@ -115,7 +115,7 @@ fn execute(args: &RunArgs) -> RunOutcome {
         Ok(t) => t,
         Err(e) => return error(e.to_string()),
     };
-    let report = match validate_file(&args.script, &bare, &options) {
+    let report = match validate_bytes(&args.script, &script, &bare, &options) {
         Ok(r) => r,
         Err(e) => {
             return RunOutcome::without_execution(
@@ -221,6 +221,9 @@ fn execute(args: &RunArgs) -> RunOutcome {
         stdin: args.stdin.clone(),
         limits,
         env,
+        state_dir: cache_dir()
+            .map(|d| d.join("runs"))
+            .unwrap_or_else(|_| std::env::temp_dir()),
     };
     let span = tracing::info_span!("run", env = %summary.key.get(..16).unwrap_or(""), backend);
     let _guard = span.enter();
@@ -245,9 +248,24 @@ fn execute(args: &RunArgs) -> RunOutcome {
     outcome
 }
 
-/// Reads the script once: what runs is exactly what was validated.
+/// Reads the script once: what runs is exactly what was validated. A FIFO
+/// or device is refused without blocking, and the size is bounded.
 fn read_script(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: cannot read the script: {e}", path.display()))
+    use std::io::Read;
+    let limit = ValidateOptions::default().max_script_bytes;
+    let (file, _) =
+        scriptbox::source::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: cannot read the script: {e}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "{}: larger than {limit} bytes (scripts are limited in size)",
+            path.display()
+        ));
+    }
+    Ok(bytes)
 }
 
 fn print(outcome: &RunOutcome, format: Format) {

@@ -6,9 +6,9 @@
 //! until the pipes close, so the writer never blocks on a full pipe.
 
 use std::io::Read;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// One captured stream.
 #[derive(Debug, Default)]
@@ -22,8 +22,9 @@ pub struct Captured {
 /// stdout and stderr being read.
 pub struct Capture {
     exceeded: Arc<AtomicBool>,
-    out: JoinHandle<Captured>,
-    err: JoinHandle<Captured>,
+    out: Arc<Mutex<Captured>>,
+    err: Arc<Mutex<Captured>>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Capture {
@@ -36,11 +37,12 @@ impl Capture {
     {
         let total = Arc::new(AtomicU64::new(0));
         let exceeded = Arc::new(AtomicBool::new(false));
-        let spawn = |mut reader: Box<dyn Read + Send>| {
+        let open = Arc::new(AtomicUsize::new(2));
+        let spawn = |mut reader: Box<dyn Read + Send>, into: Arc<Mutex<Captured>>| {
             let total = total.clone();
             let exceeded = exceeded.clone();
+            let open = open.clone();
             std::thread::spawn(move || {
-                let mut captured = Captured::default();
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
                     let n = match reader.read(&mut buf) {
@@ -49,18 +51,26 @@ impl Capture {
                     };
                     let before = total.fetch_add(n as u64, Ordering::SeqCst);
                     let room = limit.saturating_sub(before) as usize;
+                    let mut captured = into.lock().unwrap_or_else(|e| e.into_inner());
                     captured.bytes.extend_from_slice(&buf[..n.min(room)]);
                     if n > room {
                         captured.truncated = true;
                         exceeded.store(true, Ordering::SeqCst);
                     }
                 }
-                captured
-            })
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
         };
-        let out = spawn(Box::new(stdout));
-        let err = spawn(Box::new(stderr));
-        Capture { exceeded, out, err }
+        let out = Arc::new(Mutex::new(Captured::default()));
+        let err = Arc::new(Mutex::new(Captured::default()));
+        spawn(Box::new(stdout), out.clone());
+        spawn(Box::new(stderr), err.clone());
+        Capture {
+            exceeded,
+            out,
+            err,
+            open,
+        }
     }
 
     /// True once the output went over the limit.
@@ -68,12 +78,18 @@ impl Capture {
         self.exceeded.load(Ordering::SeqCst)
     }
 
-    /// Waits for both streams to close.
-    pub fn finish(self) -> (Captured, Captured) {
-        (
-            self.out.join().unwrap_or_default(),
-            self.err.join().unwrap_or_default(),
-        )
+    /// What was captured once both streams closed, or after `grace` even if
+    /// a process that escaped every kill still holds one open (its reader
+    /// thread is then left behind, reading into nothing that is kept).
+    pub fn finish(self, grace: Duration) -> (Captured, Captured) {
+        let deadline = Instant::now() + grace;
+        while self.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let take = |c: &Arc<Mutex<Captured>>| {
+            std::mem::take(&mut *c.lock().unwrap_or_else(|e| e.into_inner()))
+        };
+        (take(&self.out), take(&self.err))
     }
 }
 
@@ -84,12 +100,12 @@ mod tests {
     #[test]
     fn the_limit_is_shared_and_flags_the_overflow() {
         let capture = Capture::start(&b"hello world"[..], &b"oops"[..], 8);
-        let (out, err) = capture.finish();
+        let (out, err) = capture.finish(Duration::from_secs(5));
         assert_eq!(out.bytes.len() + err.bytes.len(), 8);
         assert!(out.truncated || err.truncated);
         let capture = Capture::start(&b"ok"[..], &b""[..], 8);
         assert!(!capture.exceeded());
-        let (out, _) = capture.finish();
+        let (out, _) = capture.finish(Duration::from_secs(5));
         assert_eq!(out.bytes, b"ok");
     }
 }

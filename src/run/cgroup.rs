@@ -54,16 +54,20 @@ impl RunCgroup {
     }
 
     fn create_v1(root: &Path, id: &str, limits: &Limits) -> std::io::Result<RunCgroup> {
-        for controller in ["memory", "pids", "cpu"] {
-            sweep(&root.join(controller).join("scriptbox"));
+        let mut controllers = vec!["memory", "pids", "cpu"];
+        if root.join("cpuacct").is_dir() && !root.join("cpu").join("cpuacct.usage").exists() {
+            controllers.push("cpuacct");
+        }
+        for controller in &controllers {
+            sweep(&own_v1(root, controller).join("scriptbox"));
         }
         let mut cg = RunCgroup {
             dirs: Vec::new(),
             v2: false,
             procs: Vec::new(),
         };
-        for controller in ["memory", "pids", "cpu"] {
-            let dir = root.join(controller).join("scriptbox").join(id);
+        for controller in controllers {
+            let dir = own_v1(root, controller).join("scriptbox").join(id);
             fs::create_dir_all(&dir)?;
             cg.dirs.push(dir.clone());
             match controller {
@@ -81,6 +85,7 @@ impl RunCgroup {
                     let _ = write(&dir.join("memory.swappiness"), "0");
                 }
                 "pids" => write(&dir.join("pids.max"), &limits.pids.to_string())?,
+                "cpuacct" => {}
                 _ => {
                     write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                     let quota = (limits.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as u64;
@@ -101,7 +106,13 @@ impl RunCgroup {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("/")
             .trim_start_matches('/');
-        let base = root.join(rel).parent().unwrap_or(root).join("scriptbox");
+        let own = root.join(rel);
+        let parent = if rel.is_empty() {
+            root
+        } else {
+            own.parent().unwrap_or(root)
+        };
+        let base = parent.join("scriptbox");
         fs::create_dir_all(&base)?;
         sweep(&base);
         write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
@@ -158,6 +169,28 @@ impl RunCgroup {
             // Older v1 kernels: having hit the limit is the best sign.
             None => !self.v2 && self.read_u64("memory.failcnt").unwrap_or(0) > 0,
         }
+    }
+
+    /// CPU time the run's processes used, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        if self.v2 {
+            let stat = fs::read_to_string(self.dirs[0].join("cpu.stat")).ok()?;
+            let usec: f64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))?
+                .trim()
+                .parse()
+                .ok()?;
+            return Some(usec / 1e6);
+        }
+        self.dirs.iter().find_map(|d| {
+            let ns: f64 = fs::read_to_string(d.join("cpuacct.usage"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(ns / 1e9)
+        })
     }
 
     /// The highest memory use of the run, in bytes.
@@ -219,6 +252,28 @@ impl Drop for RunCgroup {
             }
         }
     }
+}
+
+/// The v1 hierarchy directory of `controller` that scriptbox itself is in
+/// (so runs nest under any limit set on scriptbox's own service).
+fn own_v1(root: &Path, controller: &str) -> PathBuf {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let rel = own
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            let names = parts.next()?;
+            let path = parts.next()?;
+            names
+                .split(',')
+                .any(|n| n == controller)
+                .then(|| path.trim_start_matches('/').to_string())
+        })
+        .unwrap_or_default();
+    let mount = root.join(controller);
+    let nested = mount.join(&rel);
+    if nested.is_dir() { nested } else { mount }
 }
 
 /// Removes cgroups left by runs whose scriptbox died (a cgroup with no

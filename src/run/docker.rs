@@ -75,7 +75,10 @@ pub fn reap(engine: &Engine) -> usize {
             continue;
         }
         if let Some(id) = c.id {
-            let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+            let rm = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
             if engine
                 .block_on(engine.docker().remove_container(&id, Some(rm)))
                 .is_ok()
@@ -121,6 +124,8 @@ fn container_config(
             format!("rw,nosuid,nodev,size={},mode=1777", limits.tmp),
         )])),
         binds: Some(vec![format!("{script_dir}:{SCRIPT_DIR}:ro")]),
+        // /dev/shm is another writable tmpfs: no larger than /tmp.
+        shm_size: Some(limits.tmp as i64),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         pids_limit: Some(i64::from(limits.pids)),
@@ -175,7 +180,10 @@ struct Remove<'a> {
 
 impl Drop for Remove<'_> {
     fn drop(&mut self) {
-        let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+        let rm = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
         let _ = self
             .engine
             .block_on(self.engine.docker().remove_container(&self.id, Some(rm)));
@@ -223,6 +231,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     };
     let id = created.id.as_str();
     let limit = req.limits.output;
+    let cpu_limit = req.limits.cpu_seconds();
     let wall = req.limits.wall_time;
 
     let result: Result<Execution, RunError> = engine.block_on(async {
@@ -264,31 +273,21 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
         let mut output_open = true;
         let mut exit_code: Option<i64> = None;
         let mut cancelled: Option<i32> = None;
+        let mut cpu_seen: f64 = 0.0;
+        // After a kill, the container gets this long to go before the run is
+        // given up on (the guard then removes it by force).
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
+            if stopped.is_some() && grace.is_none() {
+                grace = Some(tokio::time::Instant::now() + Duration::from_secs(10));
+            }
+            let give_up = grace.unwrap_or_else(|| tokio::time::Instant::now() + wall * 4);
             tokio::select! {
                 chunk = attached.output.next(), if output_open => match chunk {
                     Some(Ok(log)) => {
-                        let (bytes, to_err) = match log {
-                            bollard::container::LogOutput::StdErr { message } => (message, true),
-                            bollard::container::LogOutput::StdOut { message }
-                            | bollard::container::LogOutput::Console { message } => (message, false),
-                            bollard::container::LogOutput::StdIn { .. } => continue,
-                        };
-                        let room = limit.saturating_sub(kept) as usize;
-                        let take = bytes.len().min(room);
-                        let (buf, truncated) = if to_err {
-                            (&mut exec.stderr, &mut exec.stderr_truncated)
-                        } else {
-                            (&mut exec.stdout, &mut exec.stdout_truncated)
-                        };
-                        buf.extend_from_slice(&bytes[..take]);
-                        kept += take as u64;
-                        if bytes.len() > room {
-                            *truncated = true;
-                            if stopped.is_none() {
-                                stopped = Some(Status::OutputLimit);
-                                kill(docker, id);
-                            }
+                        if keep(&mut exec, &mut kept, limit, log) && stopped.is_none() {
+                            stopped = Some(Status::OutputLimit);
+                            kill(docker, id);
                         }
                     }
                     _ => output_open = false,
@@ -302,6 +301,10 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                         _ => -1,
                     });
                 }
+                _ = tokio::time::sleep_until(give_up), if grace.is_some() => {
+                    tracing::warn!("container {id} did not stop after a kill; removing it");
+                    break;
+                }
                 _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
                     stopped = Some(Status::TimedOut);
                     kill(docker, id);
@@ -311,6 +314,9 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                     // while it runs.
                     if let Some(peak) = peak_memory(id) {
                         exec.peak_memory = Some(exec.peak_memory.unwrap_or(0).max(peak));
+                    }
+                    if let Some(used) = cpu_used(id) {
+                        cpu_seen = cpu_seen.max(used);
                     }
                     if let Some(sig) = super::cancel::requested() {
                         cancelled = Some(sig);
@@ -327,11 +333,9 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                 // it for long.
                 match tokio::time::timeout(Duration::from_secs(2), attached.output.next()).await {
                     Ok(Some(Ok(log))) => {
-                        let bytes = log.into_bytes();
-                        let room = limit.saturating_sub(kept) as usize;
-                        let take = bytes.len().min(room);
-                        exec.stdout.extend_from_slice(&bytes[..take]);
-                        kept += take as u64;
+                        if keep(&mut exec, &mut kept, limit, log) && stopped.is_none() {
+                            stopped = Some(Status::OutputLimit);
+                        }
                     }
                     _ => output_open = false,
                 }
@@ -343,7 +347,8 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
             .await
             .ok()
             .and_then(|i| i.state);
-        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false)
+            && exit_code != Some(0);
         let code = state
             .as_ref()
             .and_then(|s| s.exit_code)
@@ -363,7 +368,11 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
         }
         exec.status = stopped.or(if oom {
             Some(Status::MemoryLimit)
-        } else if exec.signal.as_deref() == Some("SIGXCPU") {
+        } else if exec.signal.as_deref() == Some("SIGXCPU")
+            || (exec.signal.as_deref() == Some("SIGKILL")
+                && cpu_seen >= cpu_limit as f64 * 0.9)
+        {
+            // A script ignoring SIGXCPU gets SIGKILL at the hard limit.
             Some(Status::CpuLimit)
         } else {
             None
@@ -372,6 +381,36 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     });
     drop(script_dir);
     result
+}
+
+/// Keeps one chunk of output under the shared limit; true when some of it
+/// went over.
+fn keep(
+    exec: &mut Execution,
+    kept: &mut u64,
+    limit: u64,
+    log: bollard::container::LogOutput,
+) -> bool {
+    use bollard::container::LogOutput;
+    let (bytes, to_err) = match log {
+        LogOutput::StdErr { message } => (message, true),
+        LogOutput::StdOut { message } | LogOutput::Console { message } => (message, false),
+        LogOutput::StdIn { .. } => return false,
+    };
+    let room = limit.saturating_sub(*kept) as usize;
+    let take = bytes.len().min(room);
+    let (buf, truncated) = if to_err {
+        (&mut exec.stderr, &mut exec.stderr_truncated)
+    } else {
+        (&mut exec.stdout, &mut exec.stdout_truncated)
+    };
+    buf.extend_from_slice(&bytes[..take]);
+    *kept += take as u64;
+    if bytes.len() > room {
+        *truncated = true;
+        return true;
+    }
+    false
 }
 
 /// Kills the container without waiting: the engine finishes a kill only
@@ -386,6 +425,32 @@ fn kill(docker: &bollard::Docker, id: &str) {
             .build();
         let _ = docker.kill_container(&id, Some(options)).await;
     });
+}
+
+/// CPU seconds the container used so far, from its cgroup (best effort).
+fn cpu_used(id: &str) -> Option<f64> {
+    for path in [
+        format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage"),
+    ] {
+        if let Some(ns) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+        {
+            return Some(ns / 1e9);
+        }
+    }
+    let stat = fs::read_to_string(format!(
+        "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"
+    ))
+    .ok()?;
+    let usec: f64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(usec / 1e6)
 }
 
 /// The container's peak memory from its cgroup, where the engine uses

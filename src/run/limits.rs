@@ -47,13 +47,15 @@ impl From<&Profile> for Limits {
 }
 
 impl Limits {
-    /// CPU seconds a run may use: half of what its cores could do in the
-    /// wall time, so that a script spinning on every core it has is stopped
-    /// for CPU (`cpu-limit`) well before the wall clock runs out
-    /// (`timed-out`), even on a busy machine, and a sleeping one never is.
+    /// CPU seconds a run may use: 40% of what its cores could do in the
+    /// wall time (at least one second), so that a script spinning on every
+    /// core it has is stopped for CPU (`cpu-limit`) well before the wall
+    /// clock runs out (`timed-out`), even on a busy machine and even when it
+    /// ignores SIGXCPU and only the hard limit (one second more) stops it;
+    /// a sleeping script never is.
     pub fn cpu_seconds(&self) -> u64 {
         let full = self.wall_time.as_secs_f64() * self.cpus.max(0.01);
-        (full * 0.5).ceil().max(1.0) as u64
+        (full * 0.4).floor().max(1.0) as u64
     }
 
     /// Thread counts for numeric libraries: the profile's cores, rounded
@@ -96,7 +98,7 @@ mod tests {
             output: 1 << 20,
             tmp: 1 << 24,
         };
-        assert_eq!(limits.cpu_seconds(), 8);
+        assert_eq!(limits.cpu_seconds(), 6);
         assert_eq!(limits.threads(), 1);
         assert!(
             limits

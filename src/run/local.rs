@@ -40,6 +40,30 @@ const UID_BASE: u32 = 200_000;
 /// Where the script's directory appears in the sandbox.
 pub const SCRIPT_DIR: &str = "/sandbox";
 
+/// Claims a uid no other run on this machine holds, with a lock file in
+/// `<state>/uids/` held for the run (two runs sharing a uid would share
+/// the per-uid process limit and keyring).
+fn claim_uid(state: &Path, seed: u128) -> Result<(u32, fs::File), RunError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = state.join("uids");
+    fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
+    for i in 0..65_536u128 {
+        let uid = UID_BASE + ((seed + i) % 65_536) as u32;
+        let path = dir.join(format!("{uid}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
+        if file.try_lock().is_ok() {
+            return Ok((uid, file));
+        }
+    }
+    Err(RunError::Io("every sandbox uid is in use".into()))
+}
+
 /// Finds `bwrap` on `PATH`.
 pub fn find_bwrap() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -61,7 +85,22 @@ fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
             (k.trim() == "home").then(|| PathBuf::from(v.trim()))
         })
         .ok_or_else(|| RunError::Environment(format!("{}: no 'home'", venv.display())))?;
-    Ok(home.parent().map(Path::to_path_buf).unwrap_or(home))
+    let prefix = home.parent().map(Path::to_path_buf).unwrap_or(home);
+    // Bound read-only into the sandbox whole: it must be an interpreter's
+    // installation, never `/` or a home directory.
+    let is_install = prefix != Path::new("/")
+        && fs::read_dir(prefix.join("lib")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        });
+    if !is_install {
+        return Err(RunError::Environment(format!(
+            "{}: the venv's interpreter prefix {} does not look like a Python installation",
+            venv.display(),
+            prefix.display()
+        )));
+    }
+    Ok(prefix)
 }
 
 /// The venv directories of every layer, from their site-packages.
@@ -242,7 +281,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     let bwrap = find_bwrap().ok_or(RunError::NoBwrap)?;
     let as_root = unsafe { libc::geteuid() } == 0;
     let run_id = uuid::Uuid::new_v4();
-    let uid = UID_BASE + (run_id.as_u128() % 65_536) as u32;
+    let (uid, _uid_lock) = claim_uid(&req.state_dir, run_id.as_u128())?;
 
     // The script alone, read-only, in a directory of its own.
     let script_dir = tempfile::Builder::new()
@@ -361,7 +400,11 @@ fn supervise(
     if let Some(cg) = cgroup {
         cg.kill_all();
     }
-    let (out, err) = capture.finish();
+    let (out, err) = capture.finish(std::time::Duration::from_secs(5));
+    // Output over the limit as the script exited is still over the limit.
+    if stopped.is_none() && (out.truncated || err.truncated) {
+        stopped = Some(Status::OutputLimit);
+    }
     let mut exec = Execution {
         stdout: out.bytes,
         stderr: err.bytes,
@@ -387,11 +430,20 @@ fn supervise(
         exec.signal = Some(signal_name(sig));
         exec.exit_code = None;
     }
-    let oom = cgroup.is_some_and(RunCgroup::oom_killed);
+    // An out-of-memory kill decides the status only when the script did
+    // not succeed anyway (a child of it may have been the one killed).
+    let oom = exec.exit_code != Some(0) && cgroup.is_some_and(RunCgroup::oom_killed);
+    // A script that ignores SIGXCPU gets SIGKILL at the hard limit: its CPU
+    // time tells.
+    let cpu_spent = cgroup
+        .and_then(RunCgroup::cpu_seconds)
+        .is_some_and(|used| used >= req.limits.cpu_seconds() as f64 * 0.95);
     exec.status = stopped.or_else(|| {
         if oom {
             Some(Status::MemoryLimit)
-        } else if exec.signal.as_deref() == Some("SIGXCPU") {
+        } else if exec.signal.as_deref() == Some("SIGXCPU")
+            || (exec.signal.as_deref() == Some("SIGKILL") && cpu_spent)
+        {
             Some(Status::CpuLimit)
         } else if cgroup.is_none() && ends_with_memory_error(&exec.stderr) {
             Some(Status::MemoryLimit)
@@ -437,5 +489,15 @@ pub fn run_unsandboxed(req: &RunRequest) -> Result<Execution, RunError> {
         .envs(req.limits.environment())
         .env("HOME", work.path())
         .env("TMPDIR", work.path());
-    supervise(cmd, req, None, vec!["rlimit".into(), "unsandboxed".into()])
+    let cgroup = RunCgroup::create(&uuid::Uuid::new_v4().to_string(), &req.limits);
+    let mut enforcement = vec![
+        cgroup
+            .as_ref()
+            .map_or("rlimit", |c| c.version())
+            .to_string(),
+        "rlimit".to_string(),
+        "unsandboxed".to_string(),
+    ];
+    enforcement.dedup();
+    supervise(cmd, req, cgroup.as_ref(), enforcement)
 }

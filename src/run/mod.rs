@@ -35,6 +35,8 @@ pub struct RunRequest {
     pub limits: Limits,
     /// The environment from the build stage.
     pub env: EnvHandle,
+    /// Where runs keep machine-wide state (`<cache>/runs`: uid claims).
+    pub state_dir: PathBuf,
 }
 
 /// Why a run could not happen (the `error` status).
