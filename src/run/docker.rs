@@ -232,6 +232,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     let id = created.id.as_str();
     let limit = req.limits.output;
     let cpu_limit = req.limits.cpu_seconds();
+    let cores = req.limits.cpus;
     let wall = req.limits.wall_time;
 
     let result: Result<Execution, RunError> = engine.block_on(async {
@@ -365,6 +366,20 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
         if let Some(sig) = cancelled {
             exec.signal = Some(signal_name(sig));
             exec.exit_code = None;
+        }
+        // Exit code 152 reads as SIGXCPU; with the run's CPU time known, a
+        // script that merely exited 152 is told apart from one stopped for
+        // CPU.
+        // Without a sample (a quick exit), the quota bounds the CPU time:
+        // wall seconds times cores.
+        let cpu_bound = if cpu_seen > 0.0 {
+            cpu_seen
+        } else {
+            exec.seconds * cores
+        };
+        if exec.signal.as_deref() == Some("SIGXCPU") && cpu_bound < cpu_limit as f64 * 0.9 {
+            exec.signal = None;
+            exec.exit_code = Some(128 + libc::SIGXCPU);
         }
         exec.status = stopped.or(if oom {
             Some(Status::MemoryLimit)

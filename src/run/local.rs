@@ -435,9 +435,18 @@ fn supervise(
     let oom = exec.exit_code != Some(0) && cgroup.is_some_and(RunCgroup::oom_killed);
     // A script that ignores SIGXCPU gets SIGKILL at the hard limit: its CPU
     // time tells.
-    let cpu_spent = cgroup
-        .and_then(RunCgroup::cpu_seconds)
-        .is_some_and(|used| used >= req.limits.cpu_seconds() as f64 * 0.95);
+    let used = cgroup.and_then(RunCgroup::cpu_seconds);
+    let cpu_spent = used.is_some_and(|used| used >= req.limits.cpu_seconds() as f64 * 0.9);
+    // Exit code 152 reads as SIGXCPU; with the run's CPU time known, a
+    // script that merely exited 152 is told apart from one stopped for CPU.
+    // Without a cgroup, the host's cores bound the CPU time instead.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let possible = used.unwrap_or(exec.seconds * cores);
+    if exec.signal.as_deref() == Some("SIGXCPU") && possible < req.limits.cpu_seconds() as f64 * 0.9
+    {
+        exec.signal = None;
+        exec.exit_code = Some(128 + libc::SIGXCPU);
+    }
     exec.status = stopped.or_else(|| {
         if oom {
             Some(Status::MemoryLimit)
