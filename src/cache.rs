@@ -60,6 +60,18 @@ pub fn write_json<T: Serialize>(file: &Path, value: &T) {
     }
 }
 
+/// `program` itself, or a bare command name looked up on `PATH`.
+fn find_program(program: &Path) -> Option<std::path::PathBuf> {
+    if program.components().count() == 1 && !program.exists() {
+        let search = std::env::var_os("PATH")?;
+        std::env::split_paths(&search)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    } else {
+        Some(program.to_path_buf())
+    }
+}
+
 /// A digest identifying an executable file by its resolved path, size,
 /// modification time and inode, for caching what it says about itself.
 /// `None` for scripts (`#!`): a pyenv-style shim picks a different program
@@ -68,14 +80,7 @@ pub fn write_json<T: Serialize>(file: &Path, value: &T) {
 pub fn file_identity(program: &Path) -> Option<String> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
-    let path = if program.components().count() == 1 && !program.exists() {
-        let search = std::env::var_os("PATH")?;
-        std::env::split_paths(&search)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())?
-    } else {
-        program.to_path_buf()
-    };
+    let path = find_program(program)?;
     let real = std::fs::canonicalize(&path).ok()?;
     let mut head = [0u8; 2];
     std::fs::File::open(&real)
@@ -110,14 +115,7 @@ pub const SCRIPT_ANSWER_TTL: std::time::Duration = std::time::Duration::from_sec
 /// [`read_json_fresh`]). `None` for anything that is not a `#!` script.
 pub fn script_identity(program: &Path) -> Option<String> {
     use std::io::Read;
-    let path = if program.components().count() == 1 && !program.exists() {
-        let search = std::env::var_os("PATH")?;
-        std::env::split_paths(&search)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())?
-    } else {
-        program.to_path_buf()
-    };
+    let path = find_program(program)?;
     let mut head = [0u8; 2];
     std::fs::File::open(&path)
         .ok()?

@@ -14,10 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::{Engine, labels};
 use crate::env::BuildError;
-use crate::env::image::{BaseImage, ImageManifest, MANIFEST_SCHEMA};
-use crate::env::install::{InstallTarget, install};
+use crate::env::image::BaseImage;
 use crate::env::scratch::{Scratch, cache_err};
-use crate::installed::InstalledIndex;
 use crate::policy::Policy;
 use crate::policy::lock::LockedPackage;
 
@@ -109,32 +107,14 @@ pub fn build(
         };
         let layer = base.missing(&recipe.packages)?;
         copied = layer.len();
-        let site = scratch.path.join("site-packages");
-        fs::create_dir_all(&site).map_err(|e| cache_err(&site, e))?;
-        let minor: String = base.python.split('.').take(2).collect::<Vec<_>>().join(".");
-        install(
+        manifest = Some(base.fill_site_packages(
             uv,
-            &scratch.path,
+            &scratch.path.join("site-packages"),
             &layer,
             &recipe.policy.install.index,
-            &InstallTarget::Directory {
-                dir: &site,
-                version: &minor,
-                platform: &recipe.policy.python.platform,
-                compile_with: recipe.compile_with.as_deref(),
-            },
-        )?;
-        let _ = fs::remove_dir_all(site.join("bin"));
-        let _ = fs::remove_file(site.join(".lock"));
-        let mut installed = InstalledIndex::scan(std::slice::from_ref(&site));
-        if let Some(lower) = base.manifest.clone() {
-            installed.merge(lower.installed);
-        }
-        manifest = Some(ImageManifest {
-            schema: MANIFEST_SCHEMA.into(),
-            python: base.python.clone(),
-            installed,
-        });
+            &recipe.policy.python.platform,
+            recipe.compile_with.as_deref(),
+        )?);
     }
     let minor = python
         .as_deref()

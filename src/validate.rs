@@ -268,6 +268,24 @@ impl ValidationReport {
         }
     }
 
+    /// The distributions the environment must hold for this script: those
+    /// its policy judged available or installable.
+    pub fn buildable(&self) -> Vec<String> {
+        use crate::policy::verdict::PolicyStatus;
+        self.dependencies
+            .iter()
+            .filter(|d| {
+                d.policy.as_ref().is_some_and(|j| {
+                    matches!(
+                        j.status,
+                        PolicyStatus::Available | PolicyStatus::Installable
+                    )
+                })
+            })
+            .map(|d| d.normalized.clone())
+            .collect()
+    }
+
     /// `pip install ...` for the missing requirements, if any.
     pub fn pip_command(&self) -> Option<String> {
         pip_command(&self.missing_requirements)

@@ -11,7 +11,6 @@ use scriptbox::cache::{default_cache_dir, sha256_hex};
 use scriptbox::engine::Engine;
 use scriptbox::env::{EnvHandle, EnvLocation, LayerPlan, image, store, venv};
 use scriptbox::policy::Policy;
-use scriptbox::policy::verdict::PolicyStatus;
 use scriptbox::target::TargetPython;
 use scriptbox::validate::{ValidateOptions, Verdict, validate_file};
 
@@ -138,34 +137,27 @@ pub fn script_roots(path: &Path, policy: &Arc<Policy>) -> Result<Vec<String>, Fa
                 report.forbidden.join("\n  ")
             ),
         )),
-        _ => Ok(report
-            .dependencies
-            .iter()
-            .filter(|d| {
-                d.policy.as_ref().is_some_and(|j| {
-                    matches!(
-                        j.status,
-                        PolicyStatus::Available | PolicyStatus::Installable
-                    )
-                })
-            })
-            .map(|d| d.normalized.clone())
-            .collect()),
+        _ => Ok(report.buildable()),
     }
 }
 
-/// The layer plan for `names` under the policy's lock.
-pub fn plan(policy: &Policy, names: &[String]) -> Result<LayerPlan, Failure> {
-    let Some(lock) = policy.lock.as_ref() else {
-        return Err((
+/// The policy's lock, or the failure to report when it has none.
+pub fn require_lock(policy: &Policy) -> Result<&scriptbox::policy::lock::Lock, Failure> {
+    policy.lock.as_ref().ok_or_else(|| {
+        (
             1,
             format!(
                 "{} has no lock; run `scriptbox policy lock --policy {}`",
                 policy.path.display(),
                 policy.name
             ),
-        ));
-    };
+        )
+    })
+}
+
+/// The layer plan for `names` under the policy's lock.
+pub fn plan(policy: &Policy, names: &[String]) -> Result<LayerPlan, Failure> {
+    let lock = require_lock(policy)?;
     let mut roots = Vec::new();
     for name in names {
         roots.push(

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use scriptbox::engine::Engine;
 use scriptbox::images::{self, ImageRecipe};
 
-use super::env::{Failure, cache_dir, host_python, lock_digest};
+use super::env::{Failure, cache_dir, host_python, lock_digest, require_lock};
 use super::progress::Spinner;
 use crate::{EXIT_USAGE, Format, load_policy};
 
@@ -83,16 +83,7 @@ pub fn run(command: ImageCommand) -> ExitCode {
         } else {
             names
         };
-        let lock = policy.lock.as_ref().ok_or_else(|| {
-            (
-                1,
-                format!(
-                    "{} has no lock; run `scriptbox policy lock --policy {}`",
-                    policy.path.display(),
-                    policy.name
-                ),
-            )
-        })?;
+        let lock = require_lock(&policy)?;
         let packages =
             scriptbox::env::closure(lock, &policy.preinstalled).map_err(|e| (1, e.to_string()))?;
         let engine = Engine::connect().map_err(|e| (EXIT_USAGE, e.to_string()))?;

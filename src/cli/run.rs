@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use scriptbox::policy::verdict::PolicyStatus;
 use scriptbox::run::outcome::{EnvSummary, RunOutcome, Status};
 use scriptbox::run::{RunRequest, limits::Limits, sandbox_name};
 use scriptbox::target::TargetPython;
@@ -166,24 +165,15 @@ fn execute(args: &RunArgs) -> RunOutcome {
         }
         Verdict::Ok => {}
     }
-    let names: Vec<String> = report
-        .dependencies
-        .iter()
-        .filter(|d| {
-            d.policy.as_ref().is_some_and(|j| {
-                matches!(
-                    j.status,
-                    PolicyStatus::Available | PolicyStatus::Installable
-                )
-            })
-        })
-        .map(|d| d.normalized.clone())
-        .collect();
+    let names = report.buildable();
 
     // Build or reuse the environment.
+    let cache = match cache_dir() {
+        Ok(c) => c,
+        Err((_, message)) => return error(message),
+    };
     let started = Instant::now();
     let env = (|| {
-        let cache = cache_dir()?;
         let plan = plan(&policy, &names)?;
         let env_backend = match args.backend {
             RunBackend::Local => Backend::Venv,

@@ -139,6 +139,48 @@ impl BaseImage {
         })
     }
 
+    /// Installs `layer` into `site` (a build context's `site-packages/`) for
+    /// this image's Python on `platform`, and returns the manifest of the
+    /// image that copies it over this one.
+    pub fn fill_site_packages(
+        &self,
+        uv: &str,
+        site: &Path,
+        layer: &[LockedPackage],
+        index: &str,
+        platform: &str,
+        compile_with: Option<&Path>,
+    ) -> Result<ImageManifest, BuildError> {
+        fs::create_dir_all(site).map_err(|e| cache_err(site, e))?;
+        let scratch = site.parent().unwrap_or(site);
+        let minor: String = self.python.split('.').take(2).collect::<Vec<_>>().join(".");
+        install(
+            uv,
+            scratch,
+            layer,
+            index,
+            &InstallTarget::Directory {
+                dir: site,
+                version: &minor,
+                platform,
+                compile_with,
+            },
+        )?;
+        // uv's console-script shims name the host's interpreter, and its
+        // lock file is its own: neither belongs in the image.
+        let _ = fs::remove_dir_all(site.join("bin"));
+        let _ = fs::remove_file(site.join(".lock"));
+        let mut installed = InstalledIndex::scan(&[site.to_path_buf()]);
+        if let Some(lower) = self.manifest.clone() {
+            installed.merge(lower.installed);
+        }
+        Ok(ImageManifest {
+            schema: MANIFEST_SCHEMA.into(),
+            python: self.python.clone(),
+            installed,
+        })
+    }
+
     /// `packages` minus what this image already holds at the same version.
     /// A different version of a pinned package in the base is an error: the
     /// environment would not hold exactly the lock's pins.
@@ -273,33 +315,14 @@ pub fn ensure_image(
     let scratch = Scratch::claim(&envs)?;
     let context = &scratch.path;
     let site = context.join("site-packages");
-    fs::create_dir_all(&site).map_err(|e| cache_err(&site, e))?;
-    let minor: String = base.python.split('.').take(2).collect::<Vec<_>>().join(".");
-    install(
+    let manifest = base.fill_site_packages(
         uv,
-        context,
+        &site,
         &layer,
         &spec.index,
-        &InstallTarget::Directory {
-            dir: &site,
-            version: &minor,
-            platform: &spec.platform,
-            compile_with: compile_with.as_deref(),
-        },
+        &spec.platform,
+        compile_with.as_deref(),
     )?;
-    // uv's console-script shims name the host's interpreter, and its lock
-    // file is its own: neither belongs in the image.
-    let _ = fs::remove_dir_all(site.join("bin"));
-    let _ = fs::remove_file(site.join(".lock"));
-    let mut installed = InstalledIndex::scan(std::slice::from_ref(&site));
-    if let Some(lower) = base.manifest.clone() {
-        installed.merge(lower.installed);
-    }
-    let manifest = ImageManifest {
-        schema: MANIFEST_SCHEMA.into(),
-        python: base.python.clone(),
-        installed,
-    };
     let mut dockerfile = format!("FROM {}\n", base.info.id);
     if !system.is_empty() {
         let debs = super::system_packages::fetch_debs(

@@ -26,6 +26,12 @@ pub struct RunCgroup {
     procs: Vec<OwnedFd>,
 }
 
+/// CPU time per period, in microseconds, for the profile's cores (at
+/// least the kernel's minimum of 1 ms).
+fn quota_us(limits: &Limits) -> u64 {
+    (limits.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as u64
+}
+
 fn write(path: &Path, value: &str) -> std::io::Result<()> {
     fs::write(path, value)
 }
@@ -88,8 +94,7 @@ impl RunCgroup {
                 "cpuacct" => {}
                 _ => {
                     write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    let quota = (limits.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as u64;
-                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota_us(limits).to_string())?;
                 }
             }
         }
@@ -126,8 +131,10 @@ impl RunCgroup {
         write(&dir.join("memory.max"), &limits.memory.to_string())?;
         write(&dir.join("memory.swap.max"), "0")?;
         write(&dir.join("pids.max"), &limits.pids.to_string())?;
-        let quota = (limits.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as u64;
-        write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+        write(
+            &dir.join("cpu.max"),
+            &format!("{} {CPU_PERIOD_US}", quota_us(limits)),
+        )?;
         cg.open_procs()?;
         Ok(cg)
     }

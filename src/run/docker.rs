@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -39,6 +38,15 @@ pub const SANDBOX_USER: &str = "10001:10001";
 const OWNER: &str = "io.scriptbox.owner";
 /// Where the script's directory is mounted.
 const SCRIPT_DIR: &str = "/sandbox";
+
+/// Removal of a run container: forced (it may still run), with its
+/// anonymous volumes.
+fn remove_options() -> bollard::query_parameters::RemoveContainerOptions {
+    RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build()
+}
 
 /// This process as an owner label: pid and start time (clock ticks since
 /// boot, field 22 of `/proc/<pid>/stat`), so a reused pid is not mistaken
@@ -75,10 +83,7 @@ pub fn reap(engine: &Engine) -> usize {
             continue;
         }
         if let Some(id) = c.id {
-            let rm = RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .v(true)
-                .build();
+            let rm = remove_options();
             if engine
                 .block_on(engine.docker().remove_container(&id, Some(rm)))
                 .is_ok()
@@ -180,10 +185,7 @@ struct Remove<'a> {
 
 impl Drop for Remove<'_> {
     fn drop(&mut self) {
-        let rm = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
+        let rm = remove_options();
         let _ = self
             .engine
             .block_on(self.engine.docker().remove_container(&self.id, Some(rm)));
@@ -201,16 +203,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     reap(&engine);
     let owner = owner_of(std::process::id()).unwrap_or_default();
 
-    let script_dir = tempfile::Builder::new()
-        .prefix("scriptbox-run-")
-        .tempdir()
-        .map_err(|e| RunError::Io(format!("creating the run directory: {e}")))?;
-    fs::set_permissions(script_dir.path(), fs::Permissions::from_mode(0o755))
-        .map_err(|e| RunError::Io(e.to_string()))?;
-    let script = script_dir.path().join(&req.script_name);
-    fs::write(&script, &req.script)
-        .and_then(|()| fs::set_permissions(&script, fs::Permissions::from_mode(0o444)))
-        .map_err(|e| RunError::Io(format!("writing the script: {e}")))?;
+    let script_dir = super::script_dir(req)?;
     let stdin = match &req.stdin {
         Some(path) => {
             Some(fs::read(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?)

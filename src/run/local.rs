@@ -21,8 +21,6 @@
 //!   process in the namespace, double-forked ones included.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -284,17 +282,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     let (uid, _uid_lock) = claim_uid(&req.state_dir, run_id.as_u128())?;
 
     // The script alone, read-only, in a directory of its own.
-    let script_dir = tempfile::Builder::new()
-        .prefix("scriptbox-run-")
-        .tempdir()
-        .map_err(|e| RunError::Io(format!("creating the run directory: {e}")))?;
-    fs::set_permissions(script_dir.path(), fs::Permissions::from_mode(0o755))
-        .map_err(|e| RunError::Io(e.to_string()))?;
-    let script_in = script_dir.path().join(&req.script_name);
-    fs::File::create(&script_in)
-        .and_then(|mut f| f.write_all(&req.script))
-        .and_then(|()| fs::set_permissions(&script_in, fs::Permissions::from_mode(0o444)))
-        .map_err(|e| RunError::Io(format!("writing the script: {e}")))?;
+    let script_dir = super::script_dir(req)?;
 
     let prefix = interpreter_prefix(venv)?;
     let hidden: Vec<PathBuf> = fs::read_dir(prefix.join("lib"))

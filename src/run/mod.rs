@@ -58,6 +58,24 @@ pub enum RunError {
     Io(String),
 }
 
+/// A private directory holding only the script, read-only (0444 in a
+/// 0755 directory, so the sandbox's unprivileged uid can read it): what
+/// both backends mount at `/sandbox`. Removed when dropped.
+pub fn script_dir(req: &RunRequest) -> Result<tempfile::TempDir, RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("scriptbox-run-")
+        .tempdir()
+        .map_err(|e| RunError::Io(format!("creating the run directory: {e}")))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| RunError::Io(e.to_string()))?;
+    let script = dir.path().join(&req.script_name);
+    std::fs::write(&script, &req.script)
+        .and_then(|()| std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o444)))
+        .map_err(|e| RunError::Io(format!("writing the script: {e}")))?;
+    Ok(dir)
+}
+
 /// A file name safe to use inside the sandbox for a script at `path`.
 pub fn sandbox_name(path: &std::path::Path) -> String {
     let name: String = path
