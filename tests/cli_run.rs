@@ -3,48 +3,16 @@
 //! and stdin, numpy under a pids limit, and a machine without bubblewrap.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
-
-/// Tests that run containers, or count them, take turns: a count must not
-/// see another test's container.
-static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn engine_turn() -> std::sync::MutexGuard<'static, ()> {
-    ENGINE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+mod support;
+use support::{engine_turn, json, python, repo, scriptbox};
 
 fn run(cache: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--python", &python()])
-        .args(args)
-        .current_dir(repo())
-        .env("SCRIPTBOX_CACHE_DIR", cache);
+    let mut cmd = scriptbox(cache, &["run", "--python", &python()]);
+    cmd.args(args);
     cmd
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn script(dir: &Path, name: &str, text: &str) -> String {
@@ -384,5 +352,61 @@ fn without_cgroups_rlimits_still_hold_and_the_outcome_says_so() {
         let r = json(&out);
         assert_eq!(r["status"], want, "{name}: {r}");
         assert_eq!(r["enforcement"], serde_json::json!(["rlimit"]), "{name}");
+    }
+}
+
+#[test]
+fn text_output_is_written_through_while_the_script_runs() {
+    use std::io::BufRead;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "ticker.py",
+        "import time\nprint('first tick')\ntime.sleep(3)\nprint('second tick')\n",
+    );
+    let mut child = run(cache.path(), &[&s, "--policy", "tests/policies/tiny.toml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first tick");
+    // The script is still asleep: the line came through as it was printed.
+    assert!(child.try_wait().unwrap().is_none());
+    assert_eq!(lines.next().unwrap().unwrap(), "second tick");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn an_allowlist_profile_is_refused_until_the_sandboxes_carry_egress() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(dir.path(), "bot.py", "print('hi')\n");
+    for backend in ["local", "docker"] {
+        let out = run(
+            cache.path(),
+            &[
+                &s,
+                "--profile",
+                "trading",
+                "--backend",
+                backend,
+                "--format",
+                "json",
+            ],
+        )
+        .output()
+        .unwrap();
+        let r = json(&out);
+        assert_eq!(r["status"], "error", "{r}");
+        assert_eq!(out.status.code(), Some(2));
+        let message = r["message"].as_str().unwrap();
+        assert!(message.contains("egress is not yet wired"), "{message}");
+        assert_eq!(
+            r["env"],
+            serde_json::Value::Null,
+            "nothing was built or run"
+        );
     }
 }

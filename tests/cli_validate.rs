@@ -9,11 +9,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
-
-fn python() -> String {
-    std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+mod support;
+use support::{BIN, python_command as python, write};
 
 fn scriptbox(args: &[&str], cache: &Path) -> Output {
     Command::new(BIN)
@@ -47,12 +44,6 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is a JSON object"))
         .collect()
-}
-
-fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, content).unwrap();
-    path
 }
 
 /// Validates one script, as JSON, against `target` (e.g. `--python-version 3.11`).
@@ -604,4 +595,14 @@ fn bad_arguments_exit_2() {
     assert!(stderr(&out).contains("not found"));
     let out = scriptbox(&["validate", "--max-size", "lots", "x.py"], dir.path());
     assert_eq!(code(&out), 2);
+}
+
+#[test]
+fn pkg_resources_asks_for_a_setuptools_that_still_ships_it() {
+    let (code, report) = bare_json("3.11", "import pkg_resources\n");
+    assert_eq!(code, 1);
+    assert_eq!(report["imports"][0]["distribution"], "setuptools");
+    assert_eq!(report["imports"][0]["guessed"], false);
+    assert_eq!(report["dependencies"][0]["requirement"], "setuptools<82");
+    assert_eq!(report["pip_command"], "pip install 'setuptools<82'");
 }

@@ -4,41 +4,19 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The real interpreter (not a shim), whose minor version the policies use.
-fn python() -> String {
-    let out =
-        Command::new(std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+mod support;
+use support::{BIN, ok_json as json, python, repo, scriptbox};
 
 fn build(cache: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["env", "build", "--format", "json", "--python", &python()])
-        .args(args)
-        .current_dir(repo())
-        .env("SCRIPTBOX_CACHE_DIR", cache);
-    cmd
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut cmd = scriptbox(
+        cache,
+        &["env", "build", "--format", "json", "--python", &python()],
     );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    cmd.args(args);
+    cmd
 }
 
 /// `env build --policy strict --packages NAME`, which must succeed.

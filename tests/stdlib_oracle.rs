@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use scriptbox::imports::{ImportForm, scan_source};
-use scriptbox::nesting::check_nesting;
-use scriptbox::source::{DEFAULT_MAX_SCRIPT_BYTES, read_script};
-use scriptbox::stack::with_large_stack;
+use scriptbox::validate::imports::{ImportForm, scan_source};
+use scriptbox::validate::nesting::check_nesting;
+use scriptbox::validate::source::{DEFAULT_MAX_SCRIPT_BYTES, read_script};
+use scriptbox::validate::stack::with_large_stack;
 
 /// Walks the stdlib with CPython and prints `{path: [top-level names]}` for
 /// every file `ast` accepts.
@@ -42,9 +42,8 @@ for root, dirs, files in os.walk(lib):
 json.dump({"lib": lib, "files": out}, sys.stdout)
 "#;
 
-fn python() -> String {
-    std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+mod support;
+use support::python_command as python;
 
 #[test]
 fn top_level_imports_match_cpython_ast_on_the_whole_stdlib() {

@@ -4,12 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use ruff_python_ast::PythonVersion;
-use scriptbox::imports::scan_source;
-use scriptbox::nesting::check_nesting;
-use scriptbox::stack::with_large_stack;
+use scriptbox::validate::imports::scan_source;
+use scriptbox::validate::nesting::check_nesting;
+use scriptbox::validate::stack::with_large_stack;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = scriptbox::source::decode_source(data) else {
+    let Ok(s) = scriptbox::validate::source::decode_source(data) else {
         return;
     };
     let s = s.as_str();

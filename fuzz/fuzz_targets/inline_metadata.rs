@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     wrapped.push_str("# ///\nprint(sys.argv)\n");
-    let _ = scriptbox::inline_metadata::parse_inline_metadata(&wrapped);
-    let _ = scriptbox::inline_metadata::parse_inline_metadata(text);
+    let _ = scriptbox::validate::inline_metadata::parse_inline_metadata(&wrapped);
+    let _ = scriptbox::validate::inline_metadata::parse_inline_metadata(text);
 });

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use scriptbox::target::TargetPython;
+use scriptbox::validate::target::TargetPython;
 
 static TARGET: LazyLock<TargetPython> =
     LazyLock::new(|| TargetPython::bare("3.11").expect("bare 3.11 target"));
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(source) = scriptbox::source::decode_source(data) else {
+    let Ok(source) = scriptbox::validate::source::decode_source(data) else {
         return;
     };
     let path = Path::new("fuzz.py");
@@ -21,11 +21,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(report) => {
             let _ = report.verdict();
             let _ = report.pip_command();
-            let _ = scriptbox::report::to_json(&report);
-            let _ = scriptbox::report::to_text(&report);
+            let _ = scriptbox::validate::report::to_json(&report);
+            let _ = scriptbox::validate::report::to_text(&report);
         }
         Err(e) => {
-            let _ = scriptbox::report::error_line(path, &e);
+            let _ = scriptbox::validate::report::error_line(path, &e);
         }
     }
 });

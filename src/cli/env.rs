@@ -5,17 +5,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Subcommand, ValueEnum};
-use pep508_rs::PackageName;
 
-use scriptbox::cache::{default_cache_dir, sha256_hex};
+use scriptbox::audit::{AuditLog, BuildAudit};
+use scriptbox::cache::default_cache_dir;
 use scriptbox::engine::Engine;
-use scriptbox::env::{EnvHandle, EnvLocation, LayerPlan, image, store, venv};
+use scriptbox::env::EnvLocation;
+use scriptbox::env::build::{BuildSite, EnsureError, EnvBackend, ensure, plan};
+use scriptbox::env::store;
 use scriptbox::policy::Policy;
-use scriptbox::target::TargetPython;
+use scriptbox::validate::target::TargetPython;
 use scriptbox::validate::{ValidateOptions, Verdict, validate_file};
 
-use super::progress::Spinner;
-use crate::{EXIT_USAGE, Format, load_policy};
+use super::progress::SpinnerProgress;
+use super::{EXIT_USAGE, Format, load_policy};
 
 /// Where an environment is built.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -109,11 +111,17 @@ pub fn cache_dir() -> Result<PathBuf, Failure> {
 }
 
 /// The distributions a script needs under `policy` (available or
-/// installable), or why it cannot have them.
-pub fn script_roots(path: &Path, policy: &Arc<Policy>) -> Result<Vec<String>, Failure> {
+/// installable) and the script's digest, or why it cannot have them. The
+/// policy's decisions go to `audit`.
+pub fn script_roots(
+    path: &Path,
+    policy: &Arc<Policy>,
+    audit: Option<&Arc<AuditLog>>,
+) -> Result<(Vec<String>, Option<String>), Failure> {
     let options = ValidateOptions {
         policy: Some(policy.clone()),
         sibling_modules: false,
+        audit: audit.cloned(),
         ..ValidateOptions::default()
     };
     let bare = TargetPython::bare(&format!("3.{}", policy.python.minor))
@@ -137,132 +145,42 @@ pub fn script_roots(path: &Path, policy: &Arc<Policy>) -> Result<Vec<String>, Fa
                 report.forbidden.join("\n  ")
             ),
         )),
-        _ => Ok(report.buildable()),
+        _ => Ok((report.buildable(), report.script_sha256.clone())),
     }
 }
 
-/// The policy's lock, or the failure to report when it has none.
-pub fn require_lock(policy: &Policy) -> Result<&scriptbox::policy::lock::Lock, Failure> {
-    policy.lock.as_ref().ok_or_else(|| {
-        (
-            1,
-            format!(
-                "{} has no lock; run `scriptbox policy lock --policy {}`",
-                policy.path.display(),
-                policy.name
-            ),
-        )
-    })
+/// The failure to report for an environment that cannot be had: exit 1
+/// when the policy refuses, 2 otherwise.
+pub fn env_failure(e: EnsureError) -> Failure {
+    (if e.is_refusal() { 1 } else { EXIT_USAGE }, e.to_string())
 }
 
-/// The layer plan for `names` under the policy's lock.
-pub fn plan(policy: &Policy, names: &[String]) -> Result<LayerPlan, Failure> {
-    let lock = require_lock(policy)?;
-    let mut roots = Vec::new();
-    for name in names {
-        roots.push(
-            name.parse::<PackageName>()
-                .map_err(|e| (EXIT_USAGE, format!("invalid package name '{name}': {e}")))?,
-        );
+/// Runs `scriptbox env ...`.
+pub fn run(command: EnvCommand) -> ExitCode {
+    match command {
+        EnvCommand::Build {
+            script,
+            packages,
+            policy,
+            backend,
+            python,
+            base_image,
+            format,
+        } => run_build(
+            script,
+            &packages,
+            &policy,
+            backend,
+            &python,
+            base_image.as_deref(),
+            format,
+        ),
+        command => run_store(command),
     }
-    LayerPlan::new(lock, &policy.preinstalled, &roots).map_err(|e| (1, e.to_string()))
-}
-
-/// The host interpreter for `python`, checked against the policy's version.
-pub fn host_python(python: &str, policy: &Policy, cache: &Path) -> Result<TargetPython, Failure> {
-    let target = TargetPython::from_interpreter(python, Some(cache))
-        .map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    if target.minor != policy.python.minor {
-        return Err((
-            EXIT_USAGE,
-            format!(
-                "{python} is Python {}, but policy '{}' targets Python 3.{}",
-                target.version, policy.name, policy.python.minor
-            ),
-        ));
-    }
-    Ok(target)
-}
-
-/// Builds (or finds) the environment for `plan` on `backend`.
-pub fn ensure(
-    backend: Backend,
-    policy: &Policy,
-    plan: &LayerPlan,
-    python: &str,
-    base_image: Option<&str>,
-    cache: &Path,
-) -> Result<EnvHandle, Failure> {
-    let uv = scriptbox::uv::program();
-    let build_err = |e: scriptbox::env::BuildError| (EXIT_USAGE, e.to_string());
-    match backend {
-        Backend::Venv => {
-            let target = host_python(python, policy, cache)?;
-            let spec = venv::VenvSpec {
-                python: target
-                    .executable
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(python)),
-                python_version: target.version.to_string(),
-                platform: policy.python.platform.clone(),
-                packages: plan.base.clone(),
-                index: policy.install.index.clone(),
-            };
-            let spinner = Spinner::start("building the venv layers with uv");
-            let result = venv::ensure_layered(&spec, &plan.extra, cache, &uv).map_err(build_err);
-            spinner.finish();
-            result
-        }
-        Backend::Docker => {
-            let engine = Engine::connect().map_err(|e| (EXIT_USAGE, e.to_string()))?;
-            let base = match base_image {
-                Some(b) => b.to_string(),
-                None => scriptbox::images::default_base(&engine, policy).map_err(build_err)?,
-            };
-            // Bytecode for the image is compiled with a host interpreter of
-            // the same X.Y when there is one; otherwise the image has none.
-            // Asked only when building: a cache hit starts no process.
-            let compile_with = || {
-                host_python(python, policy, cache)
-                    .ok()
-                    .and_then(|t| t.executable)
-            };
-            let mut packages = plan.base.clone();
-            packages.extend(plan.extra.iter().cloned());
-            let spec = image::ImageSpec {
-                base_image: base,
-                platform: policy.python.platform.clone(),
-                packages,
-                lock_digest: lock_digest(policy),
-                index: policy.install.index.clone(),
-                system: policy
-                    .allow
-                    .iter()
-                    .filter(|a| !a.system.is_empty())
-                    .map(|a| (a.name.to_string(), a.system.clone()))
-                    .collect(),
-            };
-            let spinner = Spinner::start("building the image");
-            let result =
-                image::ensure_image(&engine, &spec, cache, &uv, &compile_with, &mut |line| {
-                    spinner.step(line);
-                })
-                .map_err(build_err);
-            spinner.finish();
-            result
-        }
-    }
-}
-
-/// sha256 of the policy's lock file.
-pub fn lock_digest(policy: &Policy) -> String {
-    std::fs::read(policy.lock_path())
-        .map(|b| sha256_hex(&b))
-        .unwrap_or_default()
 }
 
 /// `scriptbox env build`.
-pub fn run_build(
+fn run_build(
     script: Option<PathBuf>,
     packages: &[String],
     policy: &str,
@@ -275,14 +193,29 @@ pub fn run_build(
         Ok(p) => Arc::new(p),
         Err(code) => return code,
     };
+    let audit = AuditLog::from_env("env-build").map(Arc::new);
     let result = (|| {
         let cache = cache_dir()?;
-        let names = match &script {
-            None => packages.to_vec(),
-            Some(path) => script_roots(path, &policy)?,
+        let (names, script_sha256) = match &script {
+            None => (packages.to_vec(), None),
+            Some(path) => script_roots(path, &policy, audit.as_ref())?,
         };
-        let plan = plan(&policy, &names)?;
-        let handle = ensure(backend, &policy, &plan, python, base_image, &cache)?;
+        let plan = plan(&policy, &names).map_err(env_failure)?;
+        let site = BuildSite {
+            backend: match backend {
+                Backend::Venv => EnvBackend::Venv,
+                Backend::Docker => EnvBackend::Docker,
+            },
+            python,
+            base_image,
+            cache: &cache,
+            audit: audit.as_deref().map(|log| BuildAudit {
+                log,
+                script_sha256: script_sha256.as_deref(),
+            }),
+        };
+        let handle =
+            ensure(&site, &policy, &plan, &SpinnerProgress::default()).map_err(env_failure)?;
         Ok::<_, Failure>((plan, handle))
     })();
     let (plan, handle) = match result {
@@ -345,8 +278,8 @@ pub fn run_build(
     ExitCode::SUCCESS
 }
 
-/// `scriptbox env ls|rm|prune`.
-pub fn run_store(command: EnvCommand) -> ExitCode {
+/// `scriptbox env ls|rm|prune|verify`.
+fn run_store(command: EnvCommand) -> ExitCode {
     let envs = match cache_dir() {
         Ok(d) => d.join("envs"),
         Err((code, message)) => return fail(code, message),

@@ -9,9 +9,11 @@ use clap::Subcommand;
 use scriptbox::engine::Engine;
 use scriptbox::images::{self, ImageRecipe};
 
-use super::env::{Failure, cache_dir, host_python, lock_digest, require_lock};
+use scriptbox::env::build::{host_python, lock_digest, require_lock};
+
+use super::env::{Failure, cache_dir, env_failure};
 use super::progress::Spinner;
-use crate::{EXIT_USAGE, Format, load_policy};
+use super::{EXIT_USAGE, Format, load_policy};
 
 /// `scriptbox image ...`
 #[derive(Subcommand)]
@@ -83,7 +85,7 @@ pub fn run(command: ImageCommand) -> ExitCode {
         } else {
             names
         };
-        let lock = require_lock(&policy)?;
+        let lock = require_lock(&policy).map_err(env_failure)?;
         let packages =
             scriptbox::env::closure(lock, &policy.preinstalled).map_err(|e| (1, e.to_string()))?;
         let engine = Engine::connect().map_err(|e| (EXIT_USAGE, e.to_string()))?;

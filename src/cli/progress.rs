@@ -33,3 +33,25 @@ impl Spinner {
         self.0.finish_and_clear();
     }
 }
+
+/// A build's progress on a spinner (the library's [`BuildProgress`]).
+#[derive(Default)]
+pub struct SpinnerProgress(std::sync::Mutex<Option<Spinner>>);
+
+impl scriptbox::env::build::BuildProgress for SpinnerProgress {
+    fn begin(&self, what: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Spinner::start(what));
+    }
+
+    fn step(&self, line: &str) {
+        if let Some(spinner) = &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            spinner.step(line);
+        }
+    }
+
+    fn end(&self) {
+        if let Some(spinner) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            spinner.finish();
+        }
+    }
+}

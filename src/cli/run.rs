@@ -1,18 +1,24 @@
-//! `scriptbox run`: validate, build or reuse the environment, and execute
-//! the script under the policy profile's limits, in one command.
+//! `scriptbox run`: argument parsing, one call to the library's pipeline
+//! ([`scriptbox::pipeline::run`]), and printing. The script's output is
+//! written through to the terminal as it prints (text format).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
-use scriptbox::run::outcome::{EnvSummary, RunOutcome, Status};
-use scriptbox::run::{RunRequest, limits::Limits, sandbox_name};
-use scriptbox::target::TargetPython;
-use scriptbox::validate::{ValidateOptions, Verdict, missing_message, validate_bytes};
+use scriptbox::audit::{AuditLog, PolicyRef};
+use scriptbox::env::build::BuildProgress;
+use scriptbox::pipeline::{Backend, RunObserver, RunRequest, Stage};
+use scriptbox::policy::Policy;
+use scriptbox::run::Stdin;
+use scriptbox::run::cancel::CancelToken;
+use scriptbox::run::outcome::{RunOutcome, Status};
+use scriptbox::run::output::{OutputSink, Stream};
+use scriptbox::validate::ValidateOptions;
 
-use super::env::{Backend, cache_dir, ensure, plan};
-use crate::{Format, load_policy};
+use super::progress::SpinnerProgress;
+use super::{Format, load_policy};
 
 /// Where a script runs.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
@@ -58,184 +64,124 @@ pub struct RunArgs {
     unsandboxed: bool,
 }
 
-fn backend_name(b: RunBackend) -> &'static str {
-    match b {
-        RunBackend::Local => "local",
-        RunBackend::Docker => "docker",
-    }
-}
-
 /// Runs `scriptbox run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    let outcome = execute(&args);
+    let observer = Terminal {
+        format: args.format,
+        unsandboxed: args.unsandboxed,
+        progress: SpinnerProgress::default(),
+    };
+    let audit = AuditLog::from_env("run").map(Arc::new);
+    let outcome = execute(&args, &observer, audit.as_ref());
     print(&outcome, args.format);
     ExitCode::from(outcome.status.exit_code())
 }
 
-fn execute(args: &RunArgs) -> RunOutcome {
-    let backend = backend_name(args.backend);
-    let error = |message: String| RunOutcome::without_execution(Status::Error, backend, message);
+fn execute(args: &RunArgs, observer: &Terminal, audit: Option<&Arc<AuditLog>>) -> RunOutcome {
+    let backend = match args.backend {
+        RunBackend::Local => Backend::Local,
+        RunBackend::Docker => Backend::Docker,
+    };
+    // The pipeline records every run it is given; one that never gets there
+    // (no usable policy, no readable script) is recorded here.
+    let error = |message: String, policy: Option<&Policy>, script: Option<&[u8]>| {
+        let outcome = RunOutcome::without_execution(Status::Error, backend.as_str(), message);
+        if let Some(audit) = audit {
+            audit.record_run(
+                policy.map(PolicyRef::from).as_ref(),
+                script.map(scriptbox::pipeline::script_sha256).as_deref(),
+                &outcome,
+            );
+        }
+        outcome
+    };
     let policy = match load_policy(&args.policy) {
         Ok(p) => Arc::new(p),
         Err(_) => {
-            return error(format!(
-                "policy '{}' cannot be used (see above)",
-                args.policy
-            ));
+            return error(
+                format!("policy '{}' cannot be used (see above)", args.policy),
+                None,
+                None,
+            );
         }
     };
-    let Some(profile) = policy.profiles.get(&args.profile) else {
-        let names: Vec<&String> = policy.profiles.keys().collect();
-        return error(format!(
-            "policy '{}' has no profile '{}' (it has: {})",
-            policy.name,
-            args.profile,
-            names
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    };
-    let limits = Limits::from(profile);
     let script = match read_script(&args.script) {
         Ok(s) => s,
-        Err(message) => return error(message),
+        Err(message) => return error(message, Some(&policy), None),
     };
-
-    // Validate.
-    let started = Instant::now();
-    let options = ValidateOptions {
-        policy: Some(policy.clone()),
-        sibling_modules: false,
-        ..ValidateOptions::default()
-    };
-    let bare = match TargetPython::bare(&format!("3.{}", policy.python.minor)) {
-        Ok(t) => t,
-        Err(e) => return error(e.to_string()),
-    };
-    let report = match validate_bytes(&args.script, &script, &bare, &options) {
-        Ok(r) => r,
-        Err(e) => {
-            return RunOutcome::without_execution(
-                Status::Rejected,
-                backend,
-                format!("{}: {e}", args.script.display()),
-            );
-        }
-    };
-    let validate_seconds = started.elapsed().as_secs_f64();
-    let rejected = |message: String, pip: Option<String>| {
-        let mut o = RunOutcome::without_execution(Status::Rejected, backend, message);
-        o.pip_command = pip;
-        o.durations.validate = validate_seconds;
-        o
-    };
-    match report.verdict() {
-        Verdict::Invalid => {
-            let first = report
-                .syntax_errors
-                .first()
-                .map(|e| format!("line {}:{}: {}", e.line, e.column, e.message))
-                .or_else(|| report.metadata_error.as_ref().map(|e| e.to_string()))
-                .unwrap_or_default();
-            return rejected(
-                format!(
-                    "{}: the script is not valid Python: {first}",
-                    args.script.display()
-                ),
-                None,
-            );
-        }
-        Verdict::Forbidden => {
-            return rejected(
-                format!(
-                    "refused by policy '{}':\n  {}",
-                    policy.name,
-                    report.forbidden.join("\n  ")
-                ),
-                None,
-            );
-        }
-        Verdict::Missing => {
-            return rejected(
-                missing_message(&report.missing, &report.missing_requirements),
-                report.pip_command(),
-            );
-        }
-        Verdict::Ok => {}
-    }
-    let names = report.buildable();
-
-    // Build or reuse the environment.
-    let cache = match cache_dir() {
+    let cache_dir = match super::env::cache_dir() {
         Ok(c) => c,
-        Err((_, message)) => return error(message),
+        Err((_, message)) => return error(message, Some(&policy), Some(&script)),
     };
-    let started = Instant::now();
-    let env = (|| {
-        let plan = plan(&policy, &names)?;
-        let env_backend = match args.backend {
-            RunBackend::Local => Backend::Venv,
-            RunBackend::Docker => Backend::Docker,
-        };
-        ensure(
-            env_backend,
-            &policy,
-            &plan,
-            &args.python,
-            args.base_image.as_deref(),
-            &cache,
-        )
-    })();
-    let env = match env {
-        Ok(e) => e,
-        Err((_, message)) => {
-            let mut o = error(message);
-            o.durations.validate = validate_seconds;
-            return o;
-        }
-    };
-    let build_seconds = started.elapsed().as_secs_f64();
-    let summary = EnvSummary {
-        key: env.key.to_string(),
-        kind: env.kind().into(),
-        cache_hit: env.cache_hit,
-    };
-
-    // Execute.
     let request = RunRequest {
         script,
-        script_name: sandbox_name(&args.script),
+        script_path: args.script.clone(),
+        policy,
+        profile: args.profile.clone(),
+        backend,
+        unsandboxed: args.unsandboxed,
         args: args.args.clone(),
-        stdin: args.stdin.clone(),
-        limits,
-        env,
-        state_dir: cache_dir()
-            .map(|d| d.join("runs"))
-            .unwrap_or_else(|_| std::env::temp_dir()),
+        stdin: args.stdin.clone().map_or(Stdin::Empty, Stdin::File),
+        cache_dir,
+        python: args.python.clone(),
+        base_image: args.base_image.clone(),
+        audit: audit.cloned(),
     };
-    let span = tracing::info_span!("run", env = %summary.key.get(..16).unwrap_or(""), backend);
-    let _guard = span.enter();
-    scriptbox::run::cancel::install();
-    let result = match args.backend {
-        RunBackend::Local if args.unsandboxed => {
+    // SIGINT and SIGTERM stop this run's script (and clean up) instead of
+    // ending scriptbox at once.
+    let cancel = CancelToken::new();
+    if let Err(e) = cancel.cancel_on_signals() {
+        tracing::warn!("cannot handle SIGINT/SIGTERM: {e}");
+    }
+    scriptbox::pipeline::run(&request, &cancel, observer)
+}
+
+/// The terminal as the run's observer: a spinner while building, and, in
+/// text format, the script's output written through as it arrives.
+struct Terminal {
+    format: Format,
+    unsandboxed: bool,
+    progress: SpinnerProgress,
+}
+
+impl OutputSink for Terminal {
+    fn output(&self, stream: Stream, bytes: &[u8]) {
+        if self.format != Format::Text {
+            return;
+        }
+        // A closed terminal or pipe is not the script's failure.
+        let _ = match stream {
+            Stream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+        };
+    }
+}
+
+impl BuildProgress for Terminal {
+    fn begin(&self, what: &str) {
+        self.progress.begin(what);
+    }
+
+    fn step(&self, line: &str) {
+        self.progress.step(line);
+    }
+
+    fn end(&self) {
+        self.progress.end();
+    }
+}
+
+impl RunObserver for Terminal {
+    fn stage(&self, stage: Stage) {
+        if stage == Stage::Run && self.unsandboxed {
             eprintln!(
                 "scriptbox: WARNING: --unsandboxed: the script runs on this host with only resource limits; it can read and write what this user can"
             );
-            scriptbox::run::local::run_unsandboxed(&request)
         }
-        RunBackend::Local => scriptbox::run::local::run(&request),
-        RunBackend::Docker => scriptbox::run::docker::run(&request),
-    };
-    let mut outcome = match result {
-        Ok(exec) => RunOutcome::from_execution(exec, backend),
-        Err(e) => error(e.to_string()),
-    };
-    outcome.durations.validate = validate_seconds;
-    outcome.durations.build = build_seconds;
-    outcome.env = Some(summary);
-    outcome
+    }
 }
 
 /// Reads the script once: what runs is exactly what was validated. A FIFO
@@ -243,8 +189,8 @@ fn execute(args: &RunArgs) -> RunOutcome {
 fn read_script(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let limit = ValidateOptions::default().max_script_bytes;
-    let (file, _) =
-        scriptbox::source::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (file, _) = scriptbox::validate::source::open_regular(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
@@ -259,16 +205,13 @@ fn read_script(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn print(outcome: &RunOutcome, format: Format) {
-    use std::io::Write;
     match format {
         Format::Json => println!(
             "{}",
             serde_json::to_string(outcome).expect("outcome serialises")
         ),
         Format::Text => {
-            let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
-            let _ = std::io::stdout().flush();
-            eprint!("{}", outcome.stderr);
+            // The script's output went to the terminal as it arrived.
             if let Some(message) = &outcome.message {
                 eprintln!("{message}");
             }

@@ -26,8 +26,8 @@ use super::key::KeyInputs;
 use super::scratch::{KeyLock, Scratch, cache_err};
 use super::{BuildError, EnvHandle, EnvLocation};
 use crate::engine::{Engine, EngineError, ImageInfo, labels};
-use crate::installed::InstalledIndex;
 use crate::policy::lock::LockedPackage;
+use crate::validate::installed::InstalledIndex;
 
 /// The repository environment images are tagged in.
 pub const ENV_REPOSITORY: &str = "scriptbox-env";
@@ -279,6 +279,14 @@ pub fn ensure_image(
         layer_packages: super::pins(&layer),
         cache_hit,
         build_seconds,
+        built: if cache_hit {
+            Vec::new()
+        } else {
+            vec![super::BuiltLayer {
+                key: key.clone(),
+                packages: super::pins(&layer),
+            }]
+        },
     };
     let found = |engine: &Engine| -> Result<Option<String>, BuildError> {
         Ok(engine
@@ -312,63 +320,69 @@ pub fn ensure_image(
         return Ok(handle(id, true, 0.0));
     }
     let started = Instant::now();
-    let scratch = Scratch::claim(&envs)?;
-    let context = &scratch.path;
-    let site = context.join("site-packages");
-    let manifest = base.fill_site_packages(
-        uv,
-        &site,
-        &layer,
-        &spec.index,
-        &spec.platform,
-        compile_with.as_deref(),
-    )?;
-    let mut dockerfile = format!("FROM {}\n", base.info.id);
-    if !system.is_empty() {
-        let debs = super::system_packages::fetch_debs(
-            engine,
-            &base.info.id,
-            &system,
-            context,
-            &context.join("debs"),
+    // Everything from here builds this layer: a failure names its packages.
+    let mut build = || -> Result<String, BuildError> {
+        let scratch = Scratch::claim(&envs)?;
+        let context = &scratch.path;
+        let site = context.join("site-packages");
+        let manifest = base.fill_site_packages(
+            uv,
+            &site,
+            &layer,
+            &spec.index,
+            &spec.platform,
+            compile_with.as_deref(),
         )?;
-        if !debs.is_empty() {
-            let user = if base.info.user.is_empty() {
-                "0:0"
-            } else {
-                &base.info.user
-            };
-            dockerfile.push_str(&super::system_packages::dockerfile_lines(user));
+        let mut dockerfile = format!("FROM {}\n", base.info.id);
+        if !system.is_empty() {
+            let debs = super::system_packages::fetch_debs(
+                engine,
+                &base.info.id,
+                &system,
+                context,
+                &context.join("debs"),
+            )?;
+            if !debs.is_empty() {
+                let user = if base.info.user.is_empty() {
+                    "0:0"
+                } else {
+                    &base.info.user
+                };
+                dockerfile.push_str(&super::system_packages::dockerfile_lines(user));
+            }
         }
-    }
-    dockerfile.push_str(&format!(
-        "COPY --chown=0:0 [\"site-packages/\", {}]\n",
-        serde_json::to_string(&format!("{}/", base.site_packages)).expect("a string serialises")
-    ));
-    let path = context.join("Dockerfile");
-    fs::write(&path, dockerfile).map_err(|e| cache_err(&path, e))?;
-    let layer_size = super::store::disk_size(&site);
-    let image_labels = HashMap::from([
-        (labels::KIND.to_string(), "env".to_string()),
-        (labels::KEY.to_string(), key.to_string()),
-        (labels::LOCK_DIGEST.to_string(), spec.lock_digest.clone()),
-        (labels::BASE.to_string(), base.info.id.clone()),
-        (
-            labels::MANIFEST.to_string(),
-            serde_json::to_string(&manifest).expect("manifest serialises"),
-        ),
-        (labels::CREATED.to_string(), super::store::now().to_string()),
-        (labels::LAYER_SIZE.to_string(), layer_size.to_string()),
-    ]);
-    let id = engine.build(
-        context,
-        &tag,
-        &image_labels,
-        &HashMap::new(),
-        "none",
-        on_line,
-    )?;
-    drop(scratch);
+        dockerfile.push_str(&format!(
+            "COPY --chown=0:0 [\"site-packages/\", {}]\n",
+            serde_json::to_string(&format!("{}/", base.site_packages))
+                .expect("a string serialises")
+        ));
+        let path = context.join("Dockerfile");
+        fs::write(&path, dockerfile).map_err(|e| cache_err(&path, e))?;
+        let layer_size = super::store::disk_size(&site);
+        let image_labels = HashMap::from([
+            (labels::KIND.to_string(), "env".to_string()),
+            (labels::KEY.to_string(), key.to_string()),
+            (labels::LOCK_DIGEST.to_string(), spec.lock_digest.clone()),
+            (labels::BASE.to_string(), base.info.id.clone()),
+            (
+                labels::MANIFEST.to_string(),
+                serde_json::to_string(&manifest).expect("manifest serialises"),
+            ),
+            (labels::CREATED.to_string(), super::store::now().to_string()),
+            (labels::LAYER_SIZE.to_string(), layer_size.to_string()),
+        ]);
+        let id = engine.build(
+            context,
+            &tag,
+            &image_labels,
+            &HashMap::new(),
+            "none",
+            on_line,
+        )?;
+        drop(scratch);
+        Ok(id)
+    };
+    let id = build().map_err(|e| e.in_layer(&layer))?;
     super::store::record_use(&envs, key.as_str());
     Ok(handle(id, false, started.elapsed().as_secs_f64()))
 }

@@ -1,11 +1,14 @@
 //! The environment builder: cached, content-addressed environments holding
 //! exactly a script's allowed packages.
 //!
-//! The validation stage yields a dependency set; [`closure`] turns it into
-//! the pinned packages of the policy's lock, and [`venv::ensure_venv`] turns
-//! those into an [`venv::EnvHandle`] the runner can use. Environments are
-//! keyed by what they contain ([`key::EnvKey`]), never by script.
+//! The validation stage yields a dependency set; [`build::plan`] turns it
+//! into the pinned packages of the policy's lock ([`closure`]), split into
+//! layers, and [`build::ensure`] turns those into an [`EnvHandle`] the
+//! runner can use: venv layers ([`venv`]) or a Docker image ([`image`]).
+//! Environments are keyed by what they contain ([`key::EnvKey`]), never by
+//! script.
 
+pub mod build;
 pub mod bytecode;
 pub mod image;
 pub mod install;
@@ -57,6 +60,37 @@ pub enum BuildError {
         /// uv's explanation.
         detail: String,
     },
+    /// Building one layer failed: the error, with the packages that layer
+    /// was to hold (so the audit log can name them).
+    #[error("{source}")]
+    Layer {
+        /// `name==version` of the layer's packages.
+        packages: Vec<String>,
+        /// What went wrong.
+        source: Box<BuildError>,
+    },
+}
+
+impl BuildError {
+    /// Marks the error as the failure of the layer holding `packages`.
+    pub fn in_layer(self, packages: &[LockedPackage]) -> BuildError {
+        match self {
+            BuildError::Layer { .. } => self,
+            other => BuildError::Layer {
+                packages: pins(packages),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// `name==version` of the packages of the layer whose build failed;
+    /// empty when the failure was not one layer's (uv missing, say).
+    pub fn layer_packages(&self) -> &[String] {
+        match self {
+            BuildError::Layer { packages, .. } => packages,
+            _ => &[],
+        }
+    }
 }
 
 /// Where a built environment is.
@@ -97,6 +131,18 @@ pub struct EnvHandle {
     pub cache_hit: bool,
     /// Seconds spent building (0 for a hit).
     pub build_seconds: f64,
+    /// The layers this call built (not found in the cache), bottom first:
+    /// what the audit log records as installed.
+    pub built: Vec<BuiltLayer>,
+}
+
+/// A layer built by one `ensure` call.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltLayer {
+    /// The layer's key.
+    pub key: EnvKey,
+    /// `name==version` of the packages installed in it.
+    pub packages: Vec<String>,
 }
 
 impl EnvHandle {

@@ -133,6 +133,9 @@ pub fn ensure_layered(
     let mut handle = ensure_venv(&top, Some(&base_handle), cache, uv)?;
     handle.build_seconds += base_handle.build_seconds;
     handle.cache_hit &= base_handle.cache_hit;
+    let mut built = base_handle.built;
+    built.append(&mut handle.built);
+    handle.built = built;
     Ok(handle)
 }
 
@@ -169,6 +172,14 @@ pub fn ensure_venv(
         layer_packages: super::pins(&spec.packages),
         cache_hit,
         build_seconds,
+        built: if cache_hit {
+            Vec::new()
+        } else {
+            vec![super::BuiltLayer {
+                key: key.clone(),
+                packages: super::pins(&spec.packages),
+            }]
+        },
     };
     if is_published(&published) && intact(&published) {
         super::store::record_use(&envs, key.as_str());
@@ -181,7 +192,8 @@ pub fn ensure_venv(
         return Ok(handle(true, 0.0));
     }
     let started = Instant::now();
-    let scratch = Scratch::claim(&envs)?;
+    let in_layer = |e: BuildError| e.in_layer(&spec.packages);
+    let scratch = Scratch::claim(&envs).map_err(in_layer)?;
     build_into(
         &scratch.path,
         spec,
@@ -189,8 +201,9 @@ pub fn ensure_venv(
         base,
         uv,
         &cache.join("bytecode"),
-    )?;
-    scratch.publish(&published)?;
+    )
+    .map_err(in_layer)?;
+    scratch.publish(&published).map_err(in_layer)?;
     super::store::record_use(&envs, key.as_str());
     Ok(handle(false, started.elapsed().as_secs_f64()))
 }

@@ -26,9 +26,11 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::cancel::{CancelReason, CancelToken};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
-use super::{RunError, RunRequest};
+use super::output::{OutputSink, Stream};
+use super::{ExecRequest, RunError};
 use crate::engine::{Engine, labels};
 use crate::env::EnvLocation;
 
@@ -99,9 +101,10 @@ pub fn reap(engine: &Engine) -> usize {
 /// The container for one run.
 fn container_config(
     image: &str,
-    req: &RunRequest,
+    req: &ExecRequest,
     script_dir: &str,
     owner: &str,
+    has_stdin: bool,
 ) -> ContainerCreateBody {
     let limits: &Limits = &req.limits;
     let mut cmd = vec![
@@ -163,9 +166,9 @@ fn container_config(
                 .collect(),
         ),
         network_disabled: Some(true),
-        attach_stdin: Some(req.stdin.is_some()),
-        open_stdin: Some(req.stdin.is_some()),
-        stdin_once: Some(req.stdin.is_some()),
+        attach_stdin: Some(has_stdin),
+        open_stdin: Some(has_stdin),
+        stdin_once: Some(has_stdin),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         labels: Some(HashMap::from([
@@ -192,8 +195,13 @@ impl Drop for Remove<'_> {
     }
 }
 
-/// Runs `req` in a container.
-pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
+/// Runs `req` in a container until it ends, a limit stops it or `cancel`
+/// is cancelled, handing its output to `sink` as it arrives.
+pub fn run(
+    req: &ExecRequest,
+    cancel: &CancelToken,
+    sink: &dyn OutputSink,
+) -> Result<Execution, RunError> {
     let EnvLocation::Image { id: image, .. } = &req.env.location else {
         return Err(RunError::Environment(
             "the docker backend needs an image environment".into(),
@@ -204,14 +212,15 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     let owner = owner_of(std::process::id()).unwrap_or_default();
 
     let script_dir = super::script_dir(req)?;
-    let stdin = match &req.stdin {
-        Some(path) => {
-            Some(fs::read(path).map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?)
-        }
-        None => None,
-    };
+    let stdin = req.stdin.read()?;
 
-    let body = container_config(image, req, &script_dir.path().display().to_string(), &owner);
+    let body = container_config(
+        image,
+        req,
+        &script_dir.path().display().to_string(),
+        &owner,
+        stdin.is_some(),
+    );
     let name = format!("scriptbox-run-{}", uuid::Uuid::new_v4());
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
     let docker = engine.docker();
@@ -266,7 +275,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
         let deadline = tokio::time::Instant::now() + wall;
         let mut output_open = true;
         let mut exit_code: Option<i64> = None;
-        let mut cancelled: Option<i32> = None;
+        let mut cancelled: Option<CancelReason> = None;
         let mut cpu_seen: f64 = 0.0;
         // After a kill, the container gets this long to go before the run is
         // given up on (the guard then removes it by force).
@@ -279,7 +288,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
             tokio::select! {
                 chunk = attached.output.next(), if output_open => match chunk {
                     Some(Ok(log)) => {
-                        if keep(&mut exec, &mut kept, limit, log) && stopped.is_none() {
+                        if keep(&mut exec, &mut kept, limit, log, sink) && stopped.is_none() {
                             stopped = Some(Status::OutputLimit);
                             kill(docker, id);
                         }
@@ -312,9 +321,12 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                     if let Some(used) = cpu_used(id) {
                         cpu_seen = cpu_seen.max(used);
                     }
-                    if let Some(sig) = super::cancel::requested() {
-                        cancelled = Some(sig);
-                        stopped = Some(Status::Killed);
+                    if let Some(reason) = cancel.requested() {
+                        cancelled = Some(reason);
+                        stopped = Some(match reason {
+                            CancelReason::Signal(_) => Status::Killed,
+                            CancelReason::Requested => Status::Cancelled,
+                        });
                         kill(docker, id);
                     }
                 }
@@ -327,7 +339,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
                 // it for long.
                 match tokio::time::timeout(Duration::from_secs(2), attached.output.next()).await {
                     Ok(Some(Ok(log))) => {
-                        if keep(&mut exec, &mut kept, limit, log) && stopped.is_none() {
+                        if keep(&mut exec, &mut kept, limit, log, sink) && stopped.is_none() {
                             stopped = Some(Status::OutputLimit);
                         }
                     }
@@ -356,9 +368,8 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
         } else {
             exec.exit_code = Some(code as i32);
         }
-        if let Some(sig) = cancelled {
-            exec.signal = Some(signal_name(sig));
-            exec.exit_code = None;
+        if let Some(reason) = cancelled {
+            exec.cancelled(reason);
         }
         // Exit code 152 reads as SIGXCPU; with the run's CPU time known, a
         // script that merely exited 152 is told apart from one stopped for
@@ -391,28 +402,31 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
     result
 }
 
-/// Keeps one chunk of output under the shared limit; true when some of it
-/// went over.
+/// Keeps one chunk of output under the shared limit, handing what is kept
+/// to `sink`; true when some of it went over.
 fn keep(
     exec: &mut Execution,
     kept: &mut u64,
     limit: u64,
     log: bollard::container::LogOutput,
+    sink: &dyn OutputSink,
 ) -> bool {
     use bollard::container::LogOutput;
-    let (bytes, to_err) = match log {
-        LogOutput::StdErr { message } => (message, true),
-        LogOutput::StdOut { message } | LogOutput::Console { message } => (message, false),
+    let (bytes, stream) = match log {
+        LogOutput::StdErr { message } => (message, Stream::Stderr),
+        LogOutput::StdOut { message } | LogOutput::Console { message } => (message, Stream::Stdout),
         LogOutput::StdIn { .. } => return false,
     };
     let room = limit.saturating_sub(*kept) as usize;
     let take = bytes.len().min(room);
-    let (buf, truncated) = if to_err {
-        (&mut exec.stderr, &mut exec.stderr_truncated)
-    } else {
-        (&mut exec.stdout, &mut exec.stdout_truncated)
+    let (buf, truncated) = match stream {
+        Stream::Stderr => (&mut exec.stderr, &mut exec.stderr_truncated),
+        Stream::Stdout => (&mut exec.stdout, &mut exec.stdout_truncated),
     };
     buf.extend_from_slice(&bytes[..take]);
+    if take > 0 {
+        sink.output(stream, &bytes[..take]);
+    }
     *kept += take as u64;
     if bytes.len() > room {
         *truncated = true;

@@ -26,11 +26,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use super::cancel::{CancelReason, CancelToken};
 use super::capture::Capture;
 use super::cgroup::{RunCgroup, join_current};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
-use super::{RunError, RunRequest};
+use super::output::OutputSink;
+use super::{ExecRequest, RunError};
 use crate::env::EnvLocation;
 
 /// The first uid handed to runs; each run gets one of 65536 from here.
@@ -136,7 +138,7 @@ fn make_parents(path: &Path, made: &mut Vec<PathBuf>, args: &mut Vec<String>) {
 
 /// The bwrap arguments for one run, up to and including `--`.
 fn jail_args(
-    req: &RunRequest,
+    req: &ExecRequest,
     script_dir: &Path,
     binds: &[PathBuf],
     hidden: &[PathBuf],
@@ -264,8 +266,13 @@ fn pre_exec(
     }
 }
 
-/// Runs `req` under bwrap.
-pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
+/// Runs `req` under bwrap until it ends, a limit stops it or `cancel` is
+/// cancelled, handing its output to `sink` as it arrives.
+pub fn run(
+    req: &ExecRequest,
+    cancel: &CancelToken,
+    sink: &dyn OutputSink,
+) -> Result<Execution, RunError> {
     let EnvLocation::Venv {
         path: venv,
         python,
@@ -318,7 +325,7 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
             .to_string(),
         "rlimit".to_string(),
     ];
-    let exec = supervise(cmd, req, cgroup.as_ref(), enforcement);
+    let exec = supervise(cmd, req, cgroup.as_ref(), enforcement, cancel, sink);
     drop(script_dir);
     exec
 }
@@ -328,16 +335,16 @@ pub fn run(req: &RunRequest) -> Result<Execution, RunError> {
 /// how it ended.
 fn supervise(
     mut cmd: Command,
-    req: &RunRequest,
+    req: &ExecRequest,
     cgroup: Option<&RunCgroup>,
     mut enforcement: Vec<String>,
+    cancel: &CancelToken,
+    sink: &dyn OutputSink,
 ) -> Result<Execution, RunError> {
     enforcement.dedup();
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    match &req.stdin {
-        Some(path) => {
-            let file = fs::File::open(path)
-                .map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
+    match req.stdin.as_file()? {
+        Some(file) => {
             cmd.stdin(file);
         }
         None => {
@@ -360,8 +367,9 @@ fn supervise(
     );
     let deadline = started + req.limits.wall_time;
     let mut stopped: Option<Status> = None;
-    let mut cancelled: Option<i32> = None;
+    let mut cancelled: Option<CancelReason> = None;
     let status = loop {
+        capture.deliver(sink);
         if let Some(status) = child.try_wait().map_err(|e| RunError::Io(e.to_string()))? {
             break status;
         }
@@ -370,9 +378,12 @@ fn supervise(
                 stopped = Some(Status::OutputLimit);
             } else if Instant::now() >= deadline {
                 stopped = Some(Status::TimedOut);
-            } else if let Some(sig) = super::cancel::requested() {
-                cancelled = Some(sig);
-                stopped = Some(Status::Killed);
+            } else if let Some(reason) = cancel.requested() {
+                cancelled = Some(reason);
+                stopped = Some(match reason {
+                    CancelReason::Signal(_) => Status::Killed,
+                    CancelReason::Requested => Status::Cancelled,
+                });
             }
             if stopped.is_some() {
                 let _ = child.kill();
@@ -388,7 +399,7 @@ fn supervise(
     if let Some(cg) = cgroup {
         cg.kill_all();
     }
-    let (out, err) = capture.finish(std::time::Duration::from_secs(5));
+    let (out, err) = capture.finish(std::time::Duration::from_secs(5), sink);
     // Output over the limit as the script exited is still over the limit.
     if stopped.is_none() && (out.truncated || err.truncated) {
         stopped = Some(Status::OutputLimit);
@@ -413,10 +424,8 @@ fn supervise(
         (None, Some(sig)) => exec.signal = Some(signal_name(sig)),
         (None, None) => {}
     }
-    if let Some(sig) = cancelled {
-        // scriptbox was asked to stop: name that signal, not our SIGKILL.
-        exec.signal = Some(signal_name(sig));
-        exec.exit_code = None;
+    if let Some(reason) = cancelled {
+        exec.cancelled(reason);
     }
     // An out-of-memory kill decides the status only when the script did
     // not succeed anyway (a child of it may have been the one killed).
@@ -465,7 +474,11 @@ fn ends_with_memory_error(stderr: &[u8]) -> bool {
 /// clean environment and a private working directory, but no namespaces:
 /// the script sees the host as this user does. Only for machines where
 /// bwrap cannot run, and only when asked for explicitly.
-pub fn run_unsandboxed(req: &RunRequest) -> Result<Execution, RunError> {
+pub fn run_unsandboxed(
+    req: &ExecRequest,
+    cancel: &CancelToken,
+    sink: &dyn OutputSink,
+) -> Result<Execution, RunError> {
     let EnvLocation::Venv { python, .. } = &req.env.location else {
         return Err(RunError::Environment(
             "the local backend needs a venv environment".into(),
@@ -496,5 +509,5 @@ pub fn run_unsandboxed(req: &RunRequest) -> Result<Execution, RunError> {
         "unsandboxed".to_string(),
     ];
     enforcement.dedup();
-    supervise(cmd, req, cgroup.as_ref(), enforcement)
+    supervise(cmd, req, cgroup.as_ref(), enforcement, cancel, sink)
 }

@@ -1,11 +1,13 @@
 //! The run stage: execute a script in its environment, in a container or
 //! the local sandbox, under hard limits, and report exactly what happened.
 //!
-//! A [`RunRequest`] (the script's bytes, its environment handle from the
+//! An [`ExecRequest`] (the script's bytes, its environment handle from the
 //! build stage, the limits from the policy's profile) goes to a backend —
 //! [`local`] (bubblewrap on the host) or [`docker`] (a container per run) —
-//! which returns an [`outcome::Execution`]; [`outcome::RunOutcome`] is what
-//! `scriptbox run` reports.
+//! with the run's [`cancel::CancelToken`] and the caller's
+//! [`output::OutputSink`], and the backend returns an
+//! [`outcome::Execution`]; [`outcome::RunOutcome`] is what a run reports.
+//! The whole pipeline (validate, build, execute) is [`crate::pipeline`].
 
 pub mod cancel;
 pub mod capture;
@@ -14,23 +16,71 @@ pub mod docker;
 pub mod limits;
 pub mod local;
 pub mod outcome;
+pub mod output;
 
 use std::path::PathBuf;
 
 use crate::env::EnvHandle;
 use limits::Limits;
 
+/// What a script reads on its standard input.
+#[derive(Debug, Clone, Default)]
+pub enum Stdin {
+    /// Nothing (end of file at once).
+    #[default]
+    Empty,
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// This file's contents.
+    File(PathBuf),
+}
+
+impl Stdin {
+    /// The bytes to feed, read whole (the docker backend writes them to
+    /// the container), or `None` for no input.
+    pub fn read(&self) -> Result<Option<Vec<u8>>, RunError> {
+        match self {
+            Stdin::Empty => Ok(None),
+            Stdin::Bytes(b) => Ok(Some(b.clone())),
+            Stdin::File(path) => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| RunError::Io(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// A file to connect to the script's stdin, or `None` for no input:
+    /// the file itself, or an unlinked temporary file holding the bytes
+    /// (a file, not a pipe, so no writer thread can block).
+    pub fn as_file(&self) -> Result<Option<std::fs::File>, RunError> {
+        use std::io::{Seek, Write};
+        match self {
+            Stdin::Empty => Ok(None),
+            Stdin::File(path) => std::fs::File::open(path)
+                .map(Some)
+                .map_err(|e| RunError::Io(format!("{}: {e}", path.display()))),
+            Stdin::Bytes(bytes) => {
+                let mut file = tempfile::tempfile()
+                    .map_err(|e| RunError::Io(format!("a file for stdin: {e}")))?;
+                file.write_all(bytes)
+                    .and_then(|()| file.rewind())
+                    .map_err(|e| RunError::Io(format!("writing stdin: {e}")))?;
+                Ok(Some(file))
+            }
+        }
+    }
+}
+
 /// Everything a backend needs for one run.
 #[derive(Debug, Clone)]
-pub struct RunRequest {
+pub struct ExecRequest {
     /// The script's bytes (read once by scriptbox; the sandbox gets a copy).
     pub script: Vec<u8>,
     /// Its file name inside the sandbox (e.g. `bot.py`).
     pub script_name: String,
     /// Arguments after the script.
     pub args: Vec<String>,
-    /// A file to connect to the script's stdin (else it reads nothing).
-    pub stdin: Option<PathBuf>,
+    /// What the script reads on stdin.
+    pub stdin: Stdin,
     /// The limits.
     pub limits: Limits,
     /// The environment from the build stage.
@@ -53,15 +103,31 @@ pub enum RunError {
     /// The Docker engine failed.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// The profile asks for an egress allowlist, which the backends do not
+    /// carry yet: refusing beats running without the network it expects.
+    #[error(
+        "profile '{0}' has network = \"allowlist\", but egress is not yet wired into the sandboxes, so the script would run without the network it needs; use a profile with network = \"none\""
+    )]
+    EgressNotWired(String),
     /// A local operation failed.
     #[error("{0}")]
     Io(String),
 }
 
+/// Whether the backends can give a profile the network it asks for.
+pub fn check_network(profile_name: &str, profile: &crate::policy::Profile) -> Result<(), RunError> {
+    match profile.network {
+        crate::policy::Network::None => Ok(()),
+        crate::policy::Network::Allowlist(_) => {
+            Err(RunError::EgressNotWired(profile_name.to_string()))
+        }
+    }
+}
+
 /// A private directory holding only the script, read-only (0444 in a
 /// 0755 directory, so the sandbox's unprivileged uid can read it): what
 /// both backends mount at `/sandbox`. Removed when dropped.
-pub fn script_dir(req: &RunRequest) -> Result<tempfile::TempDir, RunError> {
+pub fn script_dir(req: &ExecRequest) -> Result<tempfile::TempDir, RunError> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
         .prefix("scriptbox-run-")

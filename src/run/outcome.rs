@@ -25,6 +25,9 @@ pub enum Status {
     Rejected,
     /// scriptbox itself failed (the cause is in `message`).
     Error,
+    /// Its caller cancelled it through the library's cancel token (the
+    /// service's cancel); the CLI reports a signal to it as `killed`.
+    Cancelled,
 }
 
 impl Status {
@@ -39,7 +42,7 @@ impl Status {
             Status::CpuLimit => 5,
             Status::MemoryLimit => 6,
             Status::OutputLimit => 7,
-            Status::Killed => 8,
+            Status::Killed | Status::Cancelled => 8,
         }
     }
 
@@ -55,6 +58,7 @@ impl Status {
             Status::OutputLimit => "output-limit",
             Status::Rejected => "rejected",
             Status::Error => "error",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -85,6 +89,18 @@ pub struct Execution {
 }
 
 impl Execution {
+    /// Records that the run was stopped because it was cancelled: by a
+    /// signal to scriptbox, `killed` naming that signal (not the SIGKILL
+    /// the backend sent); by a caller, `cancelled`.
+    pub fn cancelled(&mut self, reason: crate::run::cancel::CancelReason) {
+        use crate::run::cancel::CancelReason;
+        self.exit_code = None;
+        (self.status, self.signal) = match reason {
+            CancelReason::Signal(sig) => (Some(Status::Killed), Some(signal_name(sig))),
+            CancelReason::Requested => (Some(Status::Cancelled), None),
+        };
+    }
+
     /// The status: the backend's, else from how the process ended.
     pub fn status(&self) -> Status {
         if let Some(s) = self.status {

@@ -5,8 +5,8 @@
 //! 8 MiB main-thread stack overflows (aborting the process) somewhere in the
 //! low thousands of levels. A thread with [`PARSE_STACK_BYTES`] of stack
 //! handles the nesting any accepted file can reach, because
-//! [`crate::nesting`] refuses anything deeper than
-//! [`crate::nesting::MAX_NESTING`] levels first.
+//! [`crate::validate::nesting`] refuses anything deeper than
+//! [`crate::validate::nesting::MAX_NESTING`] levels first.
 
 use std::cell::Cell;
 

@@ -71,6 +71,12 @@ pub enum SourceError {
 
 /// Reads `path` and decodes it, refusing files larger than `max_bytes`.
 pub fn read_script(path: &Path, max_bytes: u64) -> Result<String, SourceError> {
+    decode_source(&read_script_bytes(path, max_bytes)?)
+}
+
+/// Reads `path`'s bytes, refusing anything but a regular file of at most
+/// `max_bytes`.
+pub fn read_script_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SourceError> {
     let (file, meta) = open_regular(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput => SourceError::NotAFile,
         _ => SourceError::Unreadable(io_reason(&e)),
@@ -92,7 +98,7 @@ pub fn read_script(path: &Path, max_bytes: u64) -> Result<String, SourceError> {
             limit: max_bytes,
         });
     }
-    decode_source(&bytes)
+    Ok(bytes)
 }
 
 /// Opens `path` for reading only if it is a regular file (after following

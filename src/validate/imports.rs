@@ -121,7 +121,7 @@ pub const MAX_REPORTED_SYNTAX_ERRORS: usize = 100;
 ///
 /// Deeply nested code recurses in the parser and in the walk, so callers that
 /// accept untrusted input run this on a thread with a large stack (see
-/// [`crate::stack::with_large_stack`]).
+/// [`crate::validate::stack::with_large_stack`]).
 pub fn scan_source(source: &str, target: PythonVersion) -> ScriptScan {
     let options = ParseOptions::from(Mode::Module).with_target_version(target);
     let parsed = ruff_python_parser::parse_unchecked(source, options);

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{read_json, sha256_hex, write_json};
-use crate::names::normalize_distribution;
-use crate::source::open_regular;
+use crate::validate::names::normalize_distribution;
+use crate::validate::source::open_regular;
 
 /// Version of the cached index format; bump on change.
 const INDEX_CACHE_SCHEMA: u32 = 1;

@@ -7,6 +7,19 @@
 //! is what later stages consume; [`validate_packages`] and
 //! [`create_error_message`] mirror the origin platform's Python API.
 
+pub mod import_map;
+pub mod imports;
+pub mod inline_metadata;
+pub mod installed;
+pub mod local;
+pub mod names;
+pub mod nesting;
+pub mod report;
+pub mod source;
+pub mod stack;
+pub mod stdlib;
+pub mod target;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,19 +29,19 @@ use pep508_rs::{PackageName, VersionOrUrl};
 use serde::Serialize;
 use tracing::info_span;
 
-use crate::import_map;
-use crate::imports::{ImportForm, ImportKind, ImportSite, SyntaxIssue, scan_source};
-use crate::inline_metadata::{MetadataError, parse_inline_metadata};
-use crate::installed::InstalledMatch;
-use crate::local::SiblingModules;
-use crate::names::{cmp_case_insensitive, normalize_distribution};
-use crate::nesting::{TooDeep, check_nesting};
+use self::imports::{ImportForm, ImportKind, ImportSite, SyntaxIssue, scan_source};
+use self::inline_metadata::{MetadataError, parse_inline_metadata};
+use self::installed::InstalledMatch;
+use self::local::SiblingModules;
+use self::names::{cmp_case_insensitive, normalize_distribution};
+use self::nesting::{TooDeep, check_nesting};
+use self::source::{DEFAULT_MAX_SCRIPT_BYTES, SourceError, decode_source, read_script_bytes};
+use self::stack::with_large_stack;
+use self::stdlib::StdlibStatus;
+use self::target::TargetPython;
+use crate::audit::AuditLog;
 use crate::policy::Policy;
 use crate::policy::verdict::{PolicyJudgement, PolicyStatus, judge};
-use crate::source::{DEFAULT_MAX_SCRIPT_BYTES, SourceError, read_script};
-use crate::stack::with_large_stack;
-use crate::stdlib::{self, StdlibStatus};
-use crate::target::TargetPython;
 
 /// Settings of one validation.
 #[derive(Debug, Clone)]
@@ -42,6 +55,8 @@ pub struct ValidateOptions {
     pub siblings: Arc<SiblingModules>,
     /// The whitelist policy to judge dependencies by, if any.
     pub policy: Option<Arc<Policy>>,
+    /// Where to record the policy's decisions (with a policy only).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl Default for ValidateOptions {
@@ -51,6 +66,7 @@ impl Default for ValidateOptions {
             sibling_modules: true,
             siblings: Arc::default(),
             policy: None,
+            audit: None,
         }
     }
 }
@@ -223,6 +239,9 @@ pub struct ValidationReport {
     /// Installable requirements the environment builder will add (policies
     /// with `auto_install = true`).
     pub to_install: Vec<String>,
+    /// [`script_digest`] of the script's bytes, when it was computed
+    /// (validations that are audited).
+    pub script_sha256: Option<String>,
 }
 
 /// Overall verdict of a validation, ordered by severity.
@@ -314,11 +333,14 @@ pub fn validate_file(
         python = %target.version
     );
     let _guard = span.enter();
-    let source = read_script(path, options.max_script_bytes)?;
-    if !span.is_disabled() {
-        // Hashing costs a little per file, so only when someone is listening.
-        span.record("digest", script_digest(&source).as_str());
+    let bytes = read_script_bytes(path, options.max_script_bytes)?;
+    // Hashing costs a little per file, so only when someone is listening.
+    let digest = (options.audit.is_some() || !span.is_disabled()).then(|| script_digest(&bytes));
+    if let Some(digest) = &digest {
+        span.record("digest", digest.as_str());
     }
+    let source = decode_source(&bytes)?;
+    drop(bytes);
     let siblings = match (options.sibling_modules, path.parent()) {
         (true, Some(dir)) => {
             let dir = if dir.as_os_str().is_empty() {
@@ -331,9 +353,8 @@ pub fn validate_file(
         _ => None,
     };
     let mut report = validate_source(path, &source, target, siblings.as_deref())?;
-    if let Some(policy) = &options.policy {
-        apply_policy(&mut report, policy);
-    }
+    report.script_sha256 = digest;
+    judge_and_record(&mut report, options);
     Ok(report)
 }
 
@@ -349,23 +370,37 @@ pub fn validate_bytes(
     let span = info_span!("validate", script = %path.display(), python = %target.version);
     let _guard = span.enter();
     if bytes.len() as u64 > options.max_script_bytes {
-        return Err(crate::source::SourceError::TooLarge {
+        return Err(crate::validate::source::SourceError::TooLarge {
             size: bytes.len() as u64,
             limit: options.max_script_bytes,
         }
         .into());
     }
-    let source = crate::source::decode_source(bytes)?;
+    let source = decode_source(bytes)?;
     let mut report = validate_source(path, &source, target, None)?;
-    if let Some(policy) = &options.policy {
-        apply_policy(&mut report, policy);
+    if options.audit.is_some() {
+        report.script_sha256 = Some(script_digest(bytes));
     }
+    judge_and_record(&mut report, options);
     Ok(report)
 }
 
-/// The sha256 of a script's decoded text, hex-encoded: how logs name a script.
-pub fn script_digest(source: &str) -> String {
-    crate::cache::sha256_hex(source.as_bytes())
+/// Judges the report under the options' policy, if any, and records the
+/// decisions in the options' audit log, if any: every edge that validates
+/// (the CLI commands, the service) goes through here.
+fn judge_and_record(report: &mut ValidationReport, options: &ValidateOptions) {
+    if let Some(policy) = &options.policy {
+        apply_policy(report, policy);
+        if let Some(audit) = &options.audit {
+            audit.record_decisions(report);
+        }
+    }
+}
+
+/// The sha256 of a script file's bytes, hex-encoded (what `sha256sum`
+/// prints): how logs and records name a script.
+pub fn script_digest(bytes: &[u8]) -> String {
+    crate::cache::sha256_hex(bytes)
 }
 
 /// Validates script text; `siblings` are the module names importable from
@@ -417,16 +452,23 @@ pub fn validate_source(
             }
             _ => continue,
         };
+        // Where only some releases provide the module (pkg_resources ships
+        // with setuptools<82), the requirement says which.
+        let specifier = (status == DependencyStatus::Missing)
+            .then(|| import_map::lookup(&import.site.module))
+            .flatten()
+            .filter(|known| known.default == dist.as_str())
+            .and_then(|known| known.specifier);
         deps.entry(normalized.clone())
             .or_insert_with(|| Dependency {
                 name: dist.clone(),
                 normalized,
-                requirement: dist.clone(),
+                requirement: format!("{dist}{}", specifier.unwrap_or_default()),
                 status,
                 installed_version,
                 sources: vec![DependencySource::Import],
                 guessed: import.guessed,
-                requested: None,
+                requested: specifier.and_then(|s| s.parse::<VersionSpecifiers>().ok()),
                 policy: None,
             });
     }
@@ -488,6 +530,7 @@ pub fn validate_source(
         policy: None,
         forbidden: Vec::new(),
         to_install: Vec::new(),
+        script_sha256: None,
     })
 }
 
@@ -675,7 +718,7 @@ fn resolve_import(
 
 fn merge_inline(
     deps: &mut BTreeMap<String, Dependency>,
-    dep: &crate::inline_metadata::InlineRequirement,
+    dep: &crate::validate::inline_metadata::InlineRequirement,
     target: &TargetPython,
     env: Option<&pep508_rs::MarkerEnvironment>,
 ) {
@@ -871,7 +914,8 @@ mod tests {
         )
         .unwrap();
         let mut target = TargetPython::bare("3.12").unwrap();
-        target.installed = crate::installed::InstalledIndex::scan(&[site.path().to_path_buf()]);
+        target.installed =
+            crate::validate::installed::InstalledIndex::scan(&[site.path().to_path_buf()]);
         let r =
             validate_source(Path::new("s.py"), "import distutils.util\n", &target, None).unwrap();
         assert_eq!(r.imports[0].status, ImportStatus::Installed);

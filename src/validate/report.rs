@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::imports::{ImportForm, ImportKind, SyntaxIssue};
 use crate::policy::verdict::PolicyStatus;
+use crate::validate::imports::{ImportForm, ImportKind, SyntaxIssue};
 use crate::validate::{
     Dependency, ImportStatus, PolicySummary, RequiresPython, ValidateError, ValidationReport,
     Verdict, missing_message,

@@ -19,7 +19,7 @@ use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{read_json, sha256_hex, write_json};
-use crate::installed::InstalledIndex;
+use crate::validate::installed::InstalledIndex;
 
 /// Version of the cached interpreter-description format; bump on change.
 const CACHE_SCHEMA: u32 = 1;

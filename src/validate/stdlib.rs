@@ -15,13 +15,13 @@ pub const OLDEST_MINOR: u8 = 8;
 pub const NEWEST_MINOR: u8 = 14;
 
 static TABLE_TEXT: [&str; 7] = [
-    include_str!("data/stdlib/3.8.txt"),
-    include_str!("data/stdlib/3.9.txt"),
-    include_str!("data/stdlib/3.10.txt"),
-    include_str!("data/stdlib/3.11.txt"),
-    include_str!("data/stdlib/3.12.txt"),
-    include_str!("data/stdlib/3.13.txt"),
-    include_str!("data/stdlib/3.14.txt"),
+    include_str!("../data/stdlib/3.8.txt"),
+    include_str!("../data/stdlib/3.9.txt"),
+    include_str!("../data/stdlib/3.10.txt"),
+    include_str!("../data/stdlib/3.11.txt"),
+    include_str!("../data/stdlib/3.12.txt"),
+    include_str!("../data/stdlib/3.13.txt"),
+    include_str!("../data/stdlib/3.14.txt"),
 ];
 
 static TABLES: LazyLock<Vec<HashSet<&'static str>>> = LazyLock::new(|| {
@@ -32,7 +32,7 @@ static TABLES: LazyLock<Vec<HashSet<&'static str>>> = LazyLock::new(|| {
 });
 
 static REMOVED: LazyLock<HashMap<&'static str, RemovedModule>> = LazyLock::new(|| {
-    data_lines(include_str!("data/stdlib_removed.tsv"))
+    data_lines(include_str!("../data/stdlib_removed.tsv"))
         .filter_map(|line| {
             let mut cols = line.split('\t');
             let module = cols.next()?;

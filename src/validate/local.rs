@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::installed::module_name_of_entry;
+use crate::validate::installed::module_name_of_entry;
 
 /// Importable module names per directory, listed on first use.
 #[derive(Debug, Default)]

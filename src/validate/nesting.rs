@@ -14,7 +14,7 @@ use ruff_python_ast::token::TokenKind;
 use ruff_python_parser::Mode;
 
 /// Deepest nesting accepted: far beyond anything CPython compiles, well
-/// within what [`crate::stack::PARSE_STACK_BYTES`] parses (3 million levels
+/// within what [`crate::validate::stack::PARSE_STACK_BYTES`] parses (3 million levels
 /// were measured to fit).
 pub const MAX_NESTING: u64 = 100_000;
 

@@ -10,10 +10,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use crate::stdlib::data_lines;
+use crate::validate::stdlib::data_lines;
 
 static TABLE: LazyLock<HashMap<&'static str, Vec<&'static str>>> = LazyLock::new(|| {
-    data_lines(include_str!("data/import_names.tsv"))
+    data_lines(include_str!("../data/import_names.tsv"))
         .filter_map(|line| {
             let mut cols = line.split('\t').map(str::trim).filter(|c| !c.is_empty());
             let import = cols.next()?;
@@ -33,7 +33,7 @@ static NAMESPACES: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 });
 
 static NO_GUESS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-    data_lines(include_str!("data/no_guess.tsv"))
+    data_lines(include_str!("../data/no_guess.tsv"))
         .filter_map(|line| line.split('\t').next())
         .collect()
 });
@@ -45,8 +45,21 @@ pub struct KnownDistributions {
     pub matched: &'static str,
     /// The default suggestion.
     pub default: &'static str,
+    /// The releases of the default that provide the name, when only some
+    /// do (`<82` for setuptools, whose later releases dropped
+    /// `pkg_resources`): part of the requirement to install.
+    pub specifier: Option<&'static str>,
     /// Other distributions providing the same import name.
     pub alternatives: Vec<&'static str>,
+}
+
+/// A table field split into its distribution name and optional PEP 440
+/// specifier: `setuptools<82` → (`setuptools`, `<82`).
+fn split_specifier(field: &'static str) -> (&'static str, Option<&'static str>) {
+    match field.find(['<', '>', '=', '!', '~']) {
+        Some(i) => (&field[..i], Some(&field[i..])),
+        None => (field, None),
+    }
 }
 
 /// Looks up the longest dotted prefix of `module` in the curated table.
@@ -54,10 +67,12 @@ pub fn lookup(module: &str) -> Option<KnownDistributions> {
     let mut prefix = module;
     loop {
         if let Some((key, dists)) = TABLE.get_key_value(prefix) {
+            let (default, specifier) = split_specifier(dists[0]);
             return Some(KnownDistributions {
                 matched: key,
-                default: dists[0],
-                alternatives: dists[1..].to_vec(),
+                default,
+                specifier,
+                alternatives: dists[1..].iter().map(|d| split_specifier(d).0).collect(),
             });
         }
         prefix = &prefix[..prefix.rfind('.')?];
@@ -122,6 +137,14 @@ mod tests {
             "azure-storage-blob"
         );
         assert_eq!(lookup("definitely_not_a_known_module"), None);
+    }
+
+    #[test]
+    fn pkg_resources_needs_a_setuptools_that_still_ships_it() {
+        let known = lookup("pkg_resources.extern").unwrap();
+        assert_eq!(known.default, "setuptools");
+        assert_eq!(known.specifier, Some("<82"));
+        assert_eq!(lookup("pandas").unwrap().specifier, None);
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests: where the repository and the
+//! binary are, which interpreter to use, running `scriptbox` with a private
+//! cache, and reading its output. Each test crate uses a subset.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub mod postgres;
+pub mod server;
+
+/// The `scriptbox` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
+
+/// The repository (policies, examples and test data are relative to it).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python command the tests target: `$SCRIPTBOX_TEST_PYTHON`, else
+/// `python3` (possibly a launcher script such as a pyenv shim).
+pub fn python_command() -> String {
+    std::env::var("SCRIPTBOX_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The real interpreter behind [`python_command`] (never a shim), whose
+/// minor version the test policies use.
+pub fn python() -> String {
+    let out = Command::new(python_command())
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `scriptbox ARGS` run from the repository with `cache` as its cache.
+pub fn scriptbox(cache: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(repo())
+        .env("SCRIPTBOX_CACHE_DIR", cache);
+    cmd
+}
+
+/// stdout as one JSON object, or a panic showing both streams.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// stdout as one JSON object of a command that must have succeeded.
+pub fn ok_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(out)
+}
+
+/// Bytes that must be UTF-8, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
+}
+
+/// Writes `content` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, content).unwrap();
+    path
+}
+
+/// Tests that run containers, or count them, take turns within one test
+/// crate: a count must not see another test's container.
+pub fn engine_turn() -> std::sync::MutexGuard<'static, ()> {
+    static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ENGINE.lock().unwrap_or_else(|e| e.into_inner())
+}
