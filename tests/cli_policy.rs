@@ -2,14 +2,11 @@
 //! policies and on broken ones written by the tests.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
+use support::{BIN, repo, text};
 
 fn run(args: &[&str], cwd: &Path) -> Output {
     Command::new(BIN)
@@ -17,10 +14,6 @@ fn run(args: &[&str], cwd: &Path) -> Output {
         .current_dir(cwd)
         .output()
         .expect("scriptbox runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 const VALID: &str = r#"
@@ -528,4 +521,158 @@ fn shipped_locks_admit_transitive_dependencies() {
     );
     assert_eq!(s[2].1, "forbidden");
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn egress_keys_are_checked_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = r#"[python]
+version = "3.11"
+
+[profiles.default]
+memory = "512M"
+cpus = 1
+pids = 64
+wall_time = "60s"
+output = "1M"
+tmp = "64M"
+network = "none"
+egress = ["api.example.com"]
+
+[profiles.market]
+network = "allowlist"
+egress = [
+    "*",
+    "*.com",
+    "*.co.uk",
+    "1.2.3.4",
+    "2130706433",
+    "127.1",
+    "[::1]:443",
+    "https://api.example.com",
+    "api.example.com/v2",
+    "user@api.example.com",
+    "api.example.com:0",
+    "",
+    "a.*.example.com",
+    "API.Example.com",
+    "api.example.com:443",
+    "localhost",
+]
+egress_private = ["10.1.2.3/24", "10.1.2.3", "lan"]
+egress_resolve = { "api.example.com" = "not-an-ip", "bad_name" = "127.0.0.1" }
+egress_connections = 0
+egress_bytes = "lots"
+"#;
+    let path = dir.path().join("bad.toml");
+    fs::write(&path, bad).unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:12:1: error: profiles.default.egress needs network = \"allowlist\""),
+        format!("{file}:17:5: error: profiles.market.egress: '*' would allow every host"),
+        format!(
+            "{file}:18:5: error: profiles.market.egress: '*.com' would allow every host under the public suffix 'com'"
+        ),
+        format!(
+            "{file}:19:5: error: profiles.market.egress: '*.co.uk' would allow every host under the public suffix 'co.uk'"
+        ),
+        format!("{file}:20:5: error: profiles.market.egress: '1.2.3.4' is an IP address"),
+        format!("{file}:21:5: error: profiles.market.egress: '2130706433' is an IP address"),
+        format!("{file}:22:5: error: profiles.market.egress: '127.1' is an IP address"),
+        format!("{file}:23:5: error: profiles.market.egress: '[::1]:443' is an IP address"),
+        format!(
+            "{file}:24:5: error: profiles.market.egress: 'https://api.example.com' has a scheme"
+        ),
+        format!("{file}:25:5: error: profiles.market.egress: 'api.example.com/v2' has a path"),
+        format!(
+            "{file}:26:5: error: profiles.market.egress: 'user@api.example.com' has a user name"
+        ),
+        format!(
+            "{file}:27:5: error: profiles.market.egress: 'api.example.com:0' has a bad port '0'"
+        ),
+        format!("{file}:28:5: error: profiles.market.egress: '' is empty"),
+        format!(
+            "{file}:29:5: error: profiles.market.egress: 'a.*.example.com' has a wildcard other than a leading '*.'"
+        ),
+        format!(
+            "{file}:31:5: error: profiles.market.egress: 'api.example.com:443' repeats port 443 of 'API.Example.com' at line 30, column 5"
+        ),
+        format!(
+            "{file}:32:5: error: profiles.market.egress: 'localhost' is not a valid host name: it has a single label"
+        ),
+        format!(
+            "{file}:34:19: error: profiles.market.egress_private: '10.1.2.3/24' has host bits set (did you mean \"10.1.2.0/24\"?)"
+        ),
+        format!(
+            "{file}:34:34: error: profiles.market.egress_private: '10.1.2.3' is not a CIDR like \"10.1.2.0/24\" (for one address write \"10.1.2.3/32\")"
+        ),
+        format!("{file}:34:46: error: profiles.market.egress_private: 'lan' is not a CIDR"),
+        format!(
+            "{file}:35:40: error: profiles.market.egress_resolve.\"api.example.com\" must be an IP address"
+        ),
+        format!(
+            "{file}:35:53: error: profiles.market.egress_resolve: 'bad_name' is not a host name"
+        ),
+        format!("{file}:36:22: error: profiles.market.egress_connections must be a whole number"),
+        format!("{file}:37:16: error: profiles.market.egress_bytes: expected a size"),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing: {expected}\n--- got:\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.lines().count(), 23, "{stdout}");
+}
+
+#[test]
+fn egress_profiles_inherit_warn_and_change_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    let with_egress = format!(
+        "{VALID}\n[profiles.market]\nnetwork = \"allowlist\"\negress = [\"api.exchange.test\", \"*.exchange.test:9443\"]\negress_private = [\"10.1.2.0/24\"]\negress_resolve = {{ \"api.exchange.test\" = \"127.0.0.1\", \"unused.example.com\" = \"10.1.2.3\" }}\negress_bytes = \"1M\"\n\n[profiles.market-small]\negress_connections = 4\n"
+    )
+    .replace("[profiles.tiny]", "[profiles.market-small]\nnetwork = \"allowlist\"\n\n[profiles.tiny]")
+    .replace("[profiles.market-small]\negress_connections = 4\n", "");
+    fs::write(&path, &with_egress).unwrap();
+    let out = run(&["policy", "check", path.to_str().unwrap()], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // Warnings: a resolve entry no rule uses, an address the proxy refuses,
+    // and an allowlist profile with no entries.
+    assert!(
+        stdout.contains("'unused.example.com', which no egress entry of profiles.market allows"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sends 'api.exchange.test' to 127.0.0.1, which the proxy refuses"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("profiles.market-small has network = \"allowlist\" but no egress entries"),
+        "{stdout}"
+    );
+    let (policy, _) = scriptbox::policy::load(&path).unwrap();
+    let market = policy.profiles["market"]
+        .network
+        .egress()
+        .expect("an allowlist");
+    assert_eq!(market.allow.rules.len(), 2);
+    assert_eq!(market.max_bytes, 1 << 20);
+    assert_eq!(market.max_connections, 256, "the default cap");
+    assert_eq!(
+        policy.profiles["market"].memory,
+        512 << 20,
+        "limits inherited"
+    );
+    assert!(policy.profiles["default"].network.egress().is_none());
+    // The digest covers the egress keys; a policy without them keeps the
+    // digest it had before they existed (its lock stays fresh).
+    let (plain, _) = scriptbox::policy::load_text(&path, VALID).unwrap();
+    assert_ne!(policy.digest(), plain.digest());
+    let changed = with_egress.replace("egress_bytes = \"1M\"", "egress_bytes = \"2M\"");
+    let (other, _) = scriptbox::policy::load_text(&path, &changed).unwrap();
+    assert_ne!(policy.digest(), other.digest());
 }

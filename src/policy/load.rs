@@ -51,11 +51,18 @@ pub enum PolicyLoadError {
 /// Reads and checks the policy at `path`. On success, warnings (if any) come
 /// with the policy.
 pub fn load(path: &Path) -> Result<(Policy, Vec<Diagnostic>), PolicyLoadError> {
+    let text = read_policy_text(path)?;
+    load_text(path, &text)
+}
+
+/// Reads a policy file's text: a regular file, at most 16 MiB, UTF-8.
+pub fn read_policy_text(path: &Path) -> Result<String, PolicyLoadError> {
     let unreadable = |reason: String| PolicyLoadError::Unreadable {
         path: path.to_path_buf(),
         reason,
     };
-    let (file, meta) = crate::source::open_regular(path).map_err(|e| unreadable(e.to_string()))?;
+    let (file, meta) =
+        crate::validate::source::open_regular(path).map_err(|e| unreadable(e.to_string()))?;
     if meta.len() > MAX_POLICY_BYTES {
         return Err(unreadable(format!(
             "{} bytes is larger than the {MAX_POLICY_BYTES}-byte limit",
@@ -65,7 +72,7 @@ pub fn load(path: &Path) -> Result<(Policy, Vec<Diagnostic>), PolicyLoadError> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_POLICY_BYTES), &mut text)
         .map_err(|e| unreadable(format!("{e} (expected UTF-8 TOML)")))?;
-    load_text(path, &text)
+    Ok(text)
 }
 
 /// Checks policy text as if read from `path` (whose stem names the policy).
@@ -161,7 +168,28 @@ const PROFILE_KEYS: &[&str] = &[
     "output",
     "tmp",
     "network",
+    "egress",
+    "egress_private",
+    "egress_resolve",
+    "egress_connections",
+    "egress_bytes",
 ];
+
+/// The profile keys that only mean something with `network = "allowlist"`.
+const EGRESS_KEYS: &[&str] = &[
+    "egress",
+    "egress_private",
+    "egress_resolve",
+    "egress_connections",
+    "egress_bytes",
+];
+
+/// What `network =` says, before the egress keys are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetworkKind {
+    None,
+    Allowlist,
+}
 
 impl Reader<'_> {
     fn position(&self, span: Option<Range<usize>>) -> Position {
@@ -355,14 +383,14 @@ impl Reader<'_> {
                 let minor = text
                     .strip_prefix("3.")
                     .and_then(|m| m.parse::<u8>().ok())
-                    .filter(|m| crate::stdlib::has_table(*m));
+                    .filter(|m| crate::validate::stdlib::has_table(*m));
                 if minor.is_none() {
                     self.error(
                         v.span(),
                         format!(
                             "python.version '{text}' is not supported (expected 3.{} to 3.{})",
-                            crate::stdlib::OLDEST_MINOR,
-                            crate::stdlib::NEWEST_MINOR
+                            crate::validate::stdlib::OLDEST_MINOR,
+                            crate::validate::stdlib::NEWEST_MINOR
                         ),
                     );
                 }
@@ -648,21 +676,39 @@ impl Reader<'_> {
             );
             return None;
         };
-        let default = self.profile(default_item, "default", None)?;
+        let default = self.profile(default_item, "default", None);
+        // A broken default still lets the other profiles be checked, against
+        // a stand-in whose values are never used.
+        let stand_in = Profile {
+            memory: 1 << 30,
+            cpus: 1.0,
+            pids: 64,
+            wall_time: Duration::from_secs(60),
+            output: 1 << 20,
+            tmp: 1 << 20,
+            network: Network::Allowlist(Box::new(crate::egress::Egress {
+                allow: crate::egress::Allowlist::default(),
+                private: Vec::new(),
+                resolve: BTreeMap::new(),
+                max_connections: crate::egress::DEFAULT_MAX_CONNECTIONS,
+                max_bytes: crate::egress::DEFAULT_MAX_BYTES,
+            })),
+        };
+        let inherit = default.as_ref().unwrap_or(&stand_in);
         let mut out = BTreeMap::new();
-        let mut ok = true;
+        let mut ok = default.is_some();
         for (name, value) in table.iter() {
             if name == "default" {
                 continue;
             }
-            match self.profile(value, name, Some(&default)) {
+            match self.profile(value, name, Some(inherit)) {
                 Some(p) => {
                     out.insert(name.to_string(), p);
                 }
                 None => ok = false,
             }
         }
-        out.insert("default".to_string(), default);
+        out.insert("default".to_string(), default?);
         ok.then_some(out)
     }
 
@@ -695,10 +741,19 @@ impl Reader<'_> {
         let wall_time = field(self, "wall_time").map(|v| self.duration(v, name));
         let pids = field(self, "pids").map(|v| self.pids(v, name));
         let cpus = field(self, "cpus").map(|v| self.cpus(v, name));
-        let network = field(self, "network").map(|v| self.network(v, name));
+        let network_kind = field(self, "network").map(|v| self.network(v, name));
         if !ok {
             return None;
         }
+        let inherited_kind = inherit.map(|p| match p.network {
+            Network::None => NetworkKind::None,
+            Network::Allowlist(_) => NetworkKind::Allowlist,
+        });
+        let network = match network_kind {
+            Some(kind) => kind.map(|k| self.egress(table, name, k, inherit)),
+            None => inherited_kind.map(|k| self.egress(table, name, k, inherit)),
+        }
+        .flatten();
         let pick = |found: Option<Option<u64>>, inherited: Option<u64>| match found {
             Some(v) => v,
             None => inherited,
@@ -719,11 +774,297 @@ impl Reader<'_> {
                 Some(v) => v?,
                 None => inherit?.cpus,
             },
-            network: match network {
-                Some(v) => v?,
-                None => inherit?.network,
-            },
+            network: network?,
         })
+    }
+
+    /// Reads the egress keys of a profile whose network is `kind`; keys
+    /// this profile does not set come from `inherit` (when it has an
+    /// allowlist too) or the defaults.
+    fn egress(
+        &mut self,
+        table: &dyn TableLike,
+        profile: &str,
+        kind: NetworkKind,
+        inherit: Option<&Profile>,
+    ) -> Option<Network> {
+        if kind == NetworkKind::None {
+            let mut ok = true;
+            for key in EGRESS_KEYS {
+                if let Some((k, _)) = table.get_key_value(key) {
+                    self.error(
+                        k.span(),
+                        format!(
+                            "profiles.{profile}.{key} needs network = \"allowlist\" (this profile's network is \"none\")"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            return ok.then_some(Network::None);
+        }
+        let base = inherit.and_then(|p| p.network.egress());
+        let mut ok = true;
+        let allow = match table.get("egress") {
+            Some(item) => self.egress_rules(item, profile).or_else(|| {
+                ok = false;
+                None
+            }),
+            None => Some(base.map(|e| e.allow.clone()).unwrap_or_default()),
+        };
+        let private = match table.get("egress_private") {
+            Some(item) => self.egress_private(item, profile).or_else(|| {
+                ok = false;
+                None
+            }),
+            None => Some(base.map(|e| e.private.clone()).unwrap_or_default()),
+        };
+        let resolve = match table.get("egress_resolve") {
+            Some(item) => self.egress_resolve(item, profile).or_else(|| {
+                ok = false;
+                None
+            }),
+            None => Some(base.map(|e| e.resolve.clone()).unwrap_or_default()),
+        };
+        let max_connections = match table.get("egress_connections") {
+            Some(item) => match item.as_integer() {
+                Some(n) if (1..=1_000_000).contains(&n) => Some(n as u64),
+                _ => {
+                    self.error(
+                        item.span(),
+                        format!(
+                            "profiles.{profile}.egress_connections must be a whole number of connections from 1 to 1000000"
+                        ),
+                    );
+                    None
+                }
+            },
+            None => Some(base.map_or(crate::egress::DEFAULT_MAX_CONNECTIONS, |e| {
+                e.max_connections
+            })),
+        };
+        let max_bytes = match self.size_field(table.get("egress_bytes"), profile, "egress_bytes", 1)
+        {
+            Some(found) => found,
+            None => Some(base.map_or(crate::egress::DEFAULT_MAX_BYTES, |e| e.max_bytes)),
+        };
+        let egress = crate::egress::Egress {
+            allow: allow?,
+            private: private?,
+            resolve: resolve?,
+            max_connections: max_connections?,
+            max_bytes: max_bytes?,
+        };
+        if !ok {
+            return None;
+        }
+        self.egress_warnings(table, profile, &egress);
+        Some(Network::Allowlist(Box::new(egress)))
+    }
+
+    /// Warnings about egress settings that are valid but likely mistakes.
+    fn egress_warnings(
+        &mut self,
+        table: &dyn TableLike,
+        profile: &str,
+        egress: &crate::egress::Egress,
+    ) {
+        let span_of = |key: &str| table.get_key_value(key).and_then(|(k, _)| k.span());
+        if egress.allow.rules.is_empty() && table.contains_key("network") {
+            self.push(
+                Severity::Warning,
+                span_of("network"),
+                format!(
+                    "profiles.{profile} has network = \"allowlist\" but no egress entries, so nothing can be reached"
+                ),
+            );
+        }
+        let Some(resolve) = table.get("egress_resolve").and_then(|i| i.as_table_like()) else {
+            return;
+        };
+        let addresses = crate::egress::AddressPolicy {
+            private: egress.private.clone(),
+        };
+        for (name, ip) in &egress.resolve {
+            let span = resolve
+                .iter()
+                .find(|(k, _)| crate::egress::rule::host_name(k).is_ok_and(|n| &n == name))
+                .and_then(|(k, _)| resolve.get_key_value(k))
+                .and_then(|(k, _)| k.span());
+            if !egress.allow.allows_name(name) {
+                self.push(
+                    Severity::Warning,
+                    span.clone(),
+                    format!(
+                        "egress_resolve names '{name}', which no egress entry of profiles.{profile} allows, so it is never used"
+                    ),
+                );
+            }
+            if let Err(why) = addresses.check(*ip) {
+                self.push(
+                    Severity::Warning,
+                    span,
+                    format!(
+                        "egress_resolve sends '{name}' to {ip}, which the proxy refuses ({why}) unless egress_private covers it"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn egress_rules(&mut self, item: &Item, profile: &str) -> Option<crate::egress::Allowlist> {
+        use crate::egress::EgressRule;
+        let what = format!("profiles.{profile}.egress");
+        let Some(array) = item.as_array() else {
+            self.error(
+                item.span(),
+                format!("{what} must be an array of host names like [\"api.example.com\", \"*.example.com\"]"),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut rules = Vec::new();
+        // (pattern, port) -> where it was first allowed.
+        let mut seen: HashMap<(String, u16), (Position, String)> = HashMap::new();
+        for value in array.iter() {
+            let Some(text) = value.as_str() else {
+                self.error(value.span(), format!("{what} entries must be strings"));
+                ok = false;
+                continue;
+            };
+            let rule = match EgressRule::parse(text) {
+                Ok(rule) => rule,
+                Err(e) => {
+                    self.error(value.span(), format!("{what}: {e}"));
+                    ok = false;
+                    continue;
+                }
+            };
+            let at = self.position(value.span());
+            let mut duplicate = None;
+            for port in rule.ports() {
+                let key = (rule.pattern.to_string(), *port);
+                if let Some((first, text)) = seen.get(&key) {
+                    duplicate = Some((*port, first.line, first.column, text.clone()));
+                    break;
+                }
+            }
+            if let Some((port, line, column, first)) = duplicate {
+                self.error_at(
+                    at,
+                    format!(
+                        "{what}: '{text}' repeats port {port} of '{first}' at line {line}, column {column}"
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            for port in rule.ports() {
+                seen.insert((rule.pattern.to_string(), *port), (at, text.to_string()));
+            }
+            rules.push(rule);
+        }
+        ok.then_some(crate::egress::Allowlist { rules })
+    }
+
+    fn egress_private(&mut self, item: &Item, profile: &str) -> Option<Vec<ipnet::IpNet>> {
+        let what = format!("profiles.{profile}.egress_private");
+        let Some(array) = item.as_array() else {
+            self.error(
+                item.span(),
+                format!("{what} must be an array of CIDRs like [\"10.1.2.0/24\"]"),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut out: Vec<ipnet::IpNet> = Vec::new();
+        for value in array.iter() {
+            let text = value.as_str().unwrap_or_default();
+            let net = match text.parse::<ipnet::IpNet>() {
+                Ok(net) => net,
+                Err(_) => {
+                    let hint = if text.parse::<std::net::IpAddr>().is_ok() {
+                        format!(
+                            " (for one address write \"{text}/{}\")",
+                            if text.contains(':') { 128 } else { 32 }
+                        )
+                    } else {
+                        String::new()
+                    };
+                    self.error(
+                        value.span(),
+                        format!(
+                            "{what}: '{}' is not a CIDR like \"10.1.2.0/24\"{hint}",
+                            value.to_string().trim().trim_matches('"')
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if net.trunc() != net {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{what}: '{text}' has host bits set (did you mean \"{}\"?)",
+                        net.trunc()
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if out.contains(&net) {
+                self.error(value.span(), format!("{what}: '{text}' is listed twice"));
+                ok = false;
+                continue;
+            }
+            out.push(net);
+        }
+        ok.then_some(out)
+    }
+
+    fn egress_resolve(
+        &mut self,
+        item: &Item,
+        profile: &str,
+    ) -> Option<BTreeMap<String, std::net::IpAddr>> {
+        let what = format!("profiles.{profile}.egress_resolve");
+        let Some(table) = item.as_table_like() else {
+            self.error(
+                item.span(),
+                format!("{what} must be a table of names to addresses like {{ \"api.example.test\" = \"127.0.0.1\" }}"),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut out = BTreeMap::new();
+        for (key, value) in table.iter() {
+            let key_span = table.get_key_value(key).and_then(|(k, _)| k.span());
+            let name = match crate::egress::rule::host_name(key) {
+                Ok(name) => name,
+                Err(e) => {
+                    self.error(key_span, format!("{what}: '{key}' is not a host name: {e}"));
+                    ok = false;
+                    continue;
+                }
+            };
+            let Some(ip) = value
+                .as_str()
+                .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+            else {
+                self.error(
+                    value.span(),
+                    format!("{what}.\"{key}\" must be an IP address like \"127.0.0.1\""),
+                );
+                ok = false;
+                continue;
+            };
+            if out.insert(name.clone(), ip).is_some() {
+                self.error(key_span, format!("{what}: '{name}' is listed twice"));
+                ok = false;
+            }
+        }
+        ok.then_some(out)
     }
 
     fn size_field(
@@ -808,15 +1149,16 @@ impl Reader<'_> {
         }
     }
 
-    fn network(&mut self, item: &Item, profile: &str) -> Option<Network> {
+    fn network(&mut self, item: &Item, profile: &str) -> Option<NetworkKind> {
         let text = self.string(item, &format!("profiles.{profile}.network"))?;
         match text.as_str() {
-            "none" => Some(Network::None),
+            "none" => Some(NetworkKind::None),
+            "allowlist" => Some(NetworkKind::Allowlist),
             other => {
                 self.error(
                     item.span(),
                     format!(
-                        "profiles.{profile}.network '{other}' is not supported (expected \"none\")"
+                        "profiles.{profile}.network '{other}' is not supported (expected \"none\" or \"allowlist\")"
                     ),
                 );
                 None

@@ -4,11 +4,14 @@
 //! module holds the typed [`Policy`]; [`load`] reads and checks a file,
 //! reporting every problem at once with its line and column
 //! ([`Diagnostic`]), and [`explain`] says why a package is or is not allowed.
+//! [`reload::PolicyWatch`] holds a policy for a long-lived process and
+//! follows edits of its files.
 
 mod diagnostic;
 pub mod explain;
 mod load;
 pub mod lock;
+pub mod reload;
 pub mod verdict;
 
 use std::collections::BTreeMap;
@@ -20,7 +23,7 @@ use pep508_rs::pep440_rs::VersionSpecifiers;
 use serde::Serialize;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::{PolicyLoadError, load, load_text};
+pub use load::{PolicyLoadError, load, load_text, read_policy_text};
 
 /// The package index used when a policy names none.
 pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
@@ -115,11 +118,24 @@ pub struct DenyEntry {
 }
 
 /// Network access for a profile.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Network {
-    /// No network at all (the only setting so far).
+    /// No network at all (the default).
     None,
+    /// Only the names the profile lists, through scriptbox's egress proxy
+    /// (`network = "allowlist"` with `egress = [...]`).
+    Allowlist(Box<crate::egress::Egress>),
+}
+
+impl Network {
+    /// The egress settings, when the profile has an allowlist.
+    pub fn egress(&self) -> Option<&crate::egress::Egress> {
+        match self {
+            Network::None => None,
+            Network::Allowlist(egress) => Some(egress),
+        }
+    }
 }
 
 /// Resource limits for runs.

@@ -1,0 +1,537 @@
+//! The relay inside the sandbox: how clients there reach the host proxy's
+//! Unix socket. It is not a security boundary (the host proxy decides
+//! everything); a script that kills it only loses its network.
+//!
+//! It offers, on the sandbox's loopback:
+//! - a DNS stub (UDP and TCP, `127.0.0.1:53` by default) answering
+//!   allowlisted names with synthetic addresses (`127.77.0.0/16`) and
+//!   everything else with NXDOMAIN, forwarding nothing ([`super::dns`]);
+//! - an HTTP proxy port (`127.0.0.1:3128`) for clients honouring
+//!   `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, relayed byte for byte to the
+//!   socket (one socket connection per client connection);
+//! - transparent listeners on each synthetic address, one per port the
+//!   name is allowed on: an accepted connection becomes `CONNECT name:port`
+//!   on the socket, then bytes are piped. A refused CONNECT resets the
+//!   client's connection.
+//!
+//! The relay binds its sockets itself. [`Relay::bind`] binds the DNS stub,
+//! the proxy port and the transparent listeners of every exact name at
+//! once (their addresses are allocated in policy order); names matching
+//! only a wildcard get an address, and listeners, when first queried, so
+//! binding ports below 1024 then needs the privilege to (in the sandbox's
+//! own network namespace: `net.ipv4.ip_unprivileged_port_start = 0`, or
+//! `CAP_NET_BIND_SERVICE`).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::EgressError;
+use super::dns::{self, Lookup, MAX_MESSAGE, SyntheticNames};
+use super::rule::{Allowlist, HostPattern};
+use super::sniff::MAX_HEAD;
+
+/// How the relay is set up; the hidden `scriptbox egress-relay` command
+/// reads it as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The host proxy's Unix socket.
+    pub socket: PathBuf,
+    /// The profile's allowlist (the stub answers these names).
+    pub allow: Allowlist,
+    /// The DNS stub's address (UDP and TCP; port 0 picks a free port).
+    #[serde(default = "default_dns")]
+    pub dns: SocketAddr,
+    /// The HTTP proxy port's address.
+    #[serde(default = "default_proxy")]
+    pub proxy: SocketAddr,
+    /// Where synthetic addresses come from.
+    #[serde(default = "default_synthetic")]
+    pub synthetic: Ipv4Net,
+    /// Most names given addresses.
+    #[serde(default = "default_max_names")]
+    pub max_names: usize,
+    /// Most connections relayed at once; more are turned away at once.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Seconds to wait for the host proxy (connect and CONNECT answer) and
+    /// for a DNS-over-TCP client.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_dns() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 53))
+}
+
+fn default_proxy() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 3128))
+}
+
+fn default_synthetic() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(127, 77, 0, 0), 16).expect("a valid prefix")
+}
+
+fn default_max_names() -> usize {
+    1024
+}
+
+fn default_max_concurrent() -> usize {
+    100
+}
+
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+impl RelayConfig {
+    /// The defaults: DNS on 127.0.0.1:53, proxy on 127.0.0.1:3128,
+    /// synthetic addresses in 127.77.0.0/16.
+    pub fn new(socket: PathBuf, allow: Allowlist) -> RelayConfig {
+        RelayConfig {
+            socket,
+            allow,
+            dns: default_dns(),
+            proxy: default_proxy(),
+            synthetic: default_synthetic(),
+            max_names: default_max_names(),
+            max_concurrent: default_max_concurrent(),
+            timeout_secs: default_timeout_secs(),
+        }
+    }
+
+    /// Reads a JSON config file.
+    pub fn load(path: &Path) -> Result<RelayConfig, EgressError> {
+        let error = |reason: String| EgressError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| error(format!("{e} (expected scriptbox relay JSON)")))
+    }
+
+    /// The environment variables that point proxy-aware clients at the
+    /// relay (both spellings; `NO_PROXY` empty so nothing bypasses it).
+    pub fn proxy_env(&self) -> Vec<(String, String)> {
+        let url = format!("http://{}", self.proxy);
+        let mut vars = Vec::new();
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
+            vars.push((name.to_string(), url.clone()));
+            vars.push((name.to_ascii_lowercase(), url.clone()));
+        }
+        vars.push(("NO_PROXY".into(), String::new()));
+        vars.push(("no_proxy".into(), String::new()));
+        vars
+    }
+
+    /// The `/etc/resolv.conf` that sends the sandbox's lookups to the stub.
+    pub fn resolv_conf(&self) -> String {
+        format!(
+            "# scriptbox: names are answered by the run's egress relay\nnameserver {}\noptions ndots:1 attempts:1 timeout:2\n",
+            self.dns.ip()
+        )
+    }
+}
+
+/// A relay whose sockets are bound, ready to run.
+pub struct Relay {
+    config: RelayConfig,
+    udp: std::net::UdpSocket,
+    dns_tcp: std::net::TcpListener,
+    proxy: std::net::TcpListener,
+    names: SyntheticNames,
+    transparent: Vec<(SocketAddr, String, std::net::TcpListener)>,
+}
+
+impl Relay {
+    /// Binds the DNS stub (UDP and TCP on one port), the proxy port, and
+    /// the transparent listeners of the exact names.
+    pub fn bind(config: RelayConfig) -> Result<Relay, EgressError> {
+        let bind_error = |what: String| move |source| EgressError::Bind { what, source };
+        let (udp, dns_tcp) = bind_dns(config.dns)?;
+        let proxy = std::net::TcpListener::bind(config.proxy)
+            .map_err(bind_error(format!("proxy port {}", config.proxy)))?;
+        let mut names = SyntheticNames::new(config.synthetic, config.max_names);
+        let mut transparent = Vec::new();
+        for rule in &config.allow.rules {
+            let HostPattern::Exact(name) = &rule.pattern else {
+                continue;
+            };
+            let Some((ip, new)) = names.address_for(name) else {
+                break;
+            };
+            if !new {
+                continue;
+            }
+            for port in config.allow.ports_for(name) {
+                let address = SocketAddr::from((ip, port));
+                let listener = std::net::TcpListener::bind(address)
+                    .map_err(bind_error(format!("{address} (for {name})")))?;
+                transparent.push((address, name.clone(), listener));
+            }
+        }
+        Ok(Relay {
+            config,
+            udp,
+            dns_tcp,
+            proxy,
+            names,
+            transparent,
+        })
+    }
+
+    /// Where the DNS stub listens.
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.udp.local_addr().unwrap_or(self.config.dns)
+    }
+
+    /// Where the proxy port listens.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.local_addr().unwrap_or(self.config.proxy)
+    }
+
+    /// Runs until the process ends (the hidden command sets a parent-death
+    /// signal, so it ends with the sandbox).
+    pub fn run(self) -> Result<(), EgressError> {
+        let (_keep, stop) = oneshot::channel::<()>();
+        self.run_until(stop)
+    }
+
+    /// Runs on a thread of its own until the handle says stop.
+    pub fn spawn(self) -> Result<RelayHandle, EgressError> {
+        let (dns, proxy) = (self.dns_addr(), self.proxy_addr());
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("scriptbox-relay".into())
+            .spawn(move || {
+                if let Err(e) = self.run_until(stopped) {
+                    tracing::warn!("relay: {e}");
+                }
+            })
+            .map_err(|e| EgressError::Io(format!("starting the relay thread: {e}")))?;
+        Ok(RelayHandle {
+            dns,
+            proxy,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn run_until(self, stopped: oneshot::Receiver<()>) -> Result<(), EgressError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EgressError::Io(format!("starting the relay runtime: {e}")))?;
+        runtime.block_on(self.serve(stopped))
+    }
+
+    async fn serve(self, stopped: oneshot::Receiver<()>) -> Result<(), EgressError> {
+        let io = |e: std::io::Error| EgressError::Io(e.to_string());
+        let shared = Arc::new(Shared {
+            timeout: Duration::from_secs(self.config.timeout_secs.max(1)),
+            slots: Arc::new(Semaphore::new(self.config.max_concurrent.max(1))),
+            listening: Mutex::new(self.transparent.iter().map(|(a, _, _)| *a).collect()),
+            names: Mutex::new(self.names),
+            config: self.config,
+        });
+        for (_, name, listener) in self.transparent {
+            listener.set_nonblocking(true).map_err(io)?;
+            let listener = TcpListener::from_std(listener).map_err(io)?;
+            tokio::spawn(accept_transparent(listener, name, shared.clone()));
+        }
+        self.udp.set_nonblocking(true).map_err(io)?;
+        self.dns_tcp.set_nonblocking(true).map_err(io)?;
+        self.proxy.set_nonblocking(true).map_err(io)?;
+        let udp = UdpSocket::from_std(self.udp).map_err(io)?;
+        let dns_tcp = TcpListener::from_std(self.dns_tcp).map_err(io)?;
+        let proxy = TcpListener::from_std(self.proxy).map_err(io)?;
+        tokio::spawn(serve_dns_tcp(dns_tcp, shared.clone()));
+        tokio::spawn(accept_proxy(proxy, shared.clone()));
+        tokio::select! {
+            _ = serve_dns_udp(udp, shared.clone()) => {}
+            _ = stopped => {}
+        }
+        Ok(())
+    }
+}
+
+/// A relay running on its own thread.
+pub struct RelayHandle {
+    dns: SocketAddr,
+    proxy: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// Where the DNS stub listens.
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns
+    }
+
+    /// Where the proxy port listens.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+    }
+
+    /// Stops it and waits for its thread.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Binds UDP and TCP on one address; with port 0, tries free ports until
+/// both halves get the same one.
+fn bind_dns(
+    address: SocketAddr,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), EgressError> {
+    let mut last = None;
+    for _ in 0..if address.port() == 0 { 20 } else { 1 } {
+        let udp = std::net::UdpSocket::bind(address).map_err(|source| EgressError::Bind {
+            what: format!("DNS stub {address}/udp"),
+            source,
+        })?;
+        let bound = udp
+            .local_addr()
+            .map_err(|e| EgressError::Io(e.to_string()))?;
+        match std::net::TcpListener::bind(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) => last = Some(source),
+        }
+    }
+    Err(EgressError::Bind {
+        what: format!("DNS stub {address}/tcp"),
+        source: last.unwrap_or_else(|| std::io::Error::other("no port")),
+    })
+}
+
+struct Shared {
+    config: RelayConfig,
+    timeout: Duration,
+    slots: Arc<Semaphore>,
+    names: Mutex<SyntheticNames>,
+    listening: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Shared {
+    /// The stub's answer for a name; a newly allowed name gets its
+    /// transparent listeners before the answer goes out.
+    fn lookup(self: &Arc<Self>, name: &str) -> Lookup {
+        if !self.config.allow.allows_name(name) {
+            return Lookup::NotAllowed;
+        }
+        let Some((ip, _)) = self.names.lock().ok().and_then(|mut n| n.address_for(name)) else {
+            return Lookup::Exhausted;
+        };
+        for port in self.config.allow.ports_for(name) {
+            let address = SocketAddr::from((ip, port));
+            let Ok(mut listening) = self.listening.lock() else {
+                break;
+            };
+            if listening.contains(&address) {
+                continue;
+            }
+            let bound = std::net::TcpListener::bind(address).and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            });
+            match bound {
+                Ok(listener) => {
+                    listening.insert(address);
+                    tokio::spawn(accept_transparent(listener, name.to_string(), self.clone()));
+                }
+                Err(e) => tracing::warn!("relay: cannot listen on {address} for {name}: {e}"),
+            }
+        }
+        Lookup::Address(ip)
+    }
+
+    async fn connect_socket(&self) -> Option<UnixStream> {
+        tokio::time::timeout(self.timeout, UnixStream::connect(&self.config.socket))
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+async fn serve_dns_udp(udp: UdpSocket, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+            continue;
+        };
+        // Only the sandbox's own loopback is answered.
+        if !is_loopback(peer.ip()) {
+            continue;
+        }
+        if let Some(reply) = dns::answer(&buf[..n], &mut |name| shared.lookup(name)) {
+            let _ = udp.send_to(&reply, peer).await;
+        }
+    }
+}
+
+async fn serve_dns_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if !is_loopback(peer.ip()) {
+            continue;
+        }
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = dns_tcp_connection(stream, &shared).await;
+        });
+    }
+}
+
+/// DNS over TCP: length-prefixed queries until the client stops or idles.
+async fn dns_tcp_connection(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let mut len = [0u8; 2];
+        tokio::time::timeout(shared.timeout, stream.read_exact(&mut len)).await??;
+        let len = usize::from(u16::from_be_bytes(len));
+        if len > MAX_MESSAGE {
+            return Ok(());
+        }
+        tokio::time::timeout(shared.timeout, stream.read_exact(&mut buf[..len])).await??;
+        let Some(reply) = dns::answer(&buf[..len], &mut |name| shared.lookup(name)) else {
+            return Ok(());
+        };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            return Ok(());
+        };
+        stream.write_all(&reply_len.to_be_bytes()).await?;
+        stream.write_all(&reply).await?;
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+async fn accept_proxy(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let body = "scriptbox egress relay: too many connections open at once\n";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nX-Scriptbox-Refused: concurrency-cap\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.write_all(answer.as_bytes()),
+                )
+                .await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = client.set_nodelay(true);
+            let Some(mut socket) = shared.connect_socket().await else {
+                let _ = client.set_zero_linger();
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+        });
+    }
+}
+
+async fn accept_transparent(listener: TcpListener, name: String, shared: Arc<Shared>) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            let _ = client.set_zero_linger();
+            continue;
+        };
+        let shared = shared.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = client.set_nodelay(true);
+            transparent_connection(client, &name, port, &shared).await;
+        });
+    }
+}
+
+/// One transparent connection: `CONNECT name:port`, then pipe; any refusal
+/// resets the client's connection so it fails at once.
+async fn transparent_connection(mut client: TcpStream, name: &str, port: u16, shared: &Shared) {
+    let Some(mut socket) = shared.connect_socket().await else {
+        let _ = client.set_zero_linger();
+        return;
+    };
+    let request = format!("CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n\r\n");
+    if socket.write_all(request.as_bytes()).await.is_err() {
+        let _ = client.set_zero_linger();
+        return;
+    }
+    let mut head = Vec::with_capacity(256);
+    let answered = tokio::time::timeout(shared.timeout, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&head) {
+                Ok(httparse::Status::Complete(len)) => return Some((response.code, len)),
+                Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
+                _ => return None,
+            }
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let Ok(Some((Some(200), len))) = answered else {
+        let _ = client.set_zero_linger();
+        return;
+    };
+    if head.len() > len && client.write_all(&head[len..]).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+}
