@@ -125,6 +125,12 @@ impl Engine {
     /// Connects to the engine named by `DOCKER_HOST`, or the local socket,
     /// and agrees on an API version (engines as old as 20.10 answer).
     pub fn connect() -> Result<Engine, EngineError> {
+        Self::connect_within(Duration::from_secs(10))
+    }
+
+    /// [`Engine::connect`], giving up when the engine has not answered
+    /// within `wait` (`scriptbox doctor` must not hang on a dead daemon).
+    pub fn connect_within(wait: Duration) -> Result<Engine, EngineError> {
         let endpoint = std::env::var("DOCKER_HOST")
             .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
         let unreachable = |reason: String| EngineError::Unreachable {
@@ -139,16 +145,21 @@ impl Engine {
             .map_err(|e| unreachable(e.to_string()))?
             .with_timeout(REQUEST_TIMEOUT);
         let docker = runtime
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await
-            })
-            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .block_on(async { tokio::time::timeout(wait, docker.negotiate_version()).await })
+            .map_err(|_| unreachable(format!("no answer within {} s", wait.as_secs_f64())))?
             .map_err(|e| unreachable(error_text(&e)))?;
         Ok(Engine {
             docker,
             runtime,
             endpoint,
         })
+    }
+
+    /// The same connection with each request bounded by `timeout` instead
+    /// of the default (which allows for long, silent builds).
+    pub fn with_timeout(mut self, timeout: Duration) -> Engine {
+        self.docker = self.docker.clone().with_timeout(timeout);
+        self
     }
 
     /// The endpoint in use.

@@ -33,10 +33,14 @@
 //! Records: [`audit`] appends every install decision and run status to the
 //! audit log, in the data directory of [`dirs`], and aggregates it
 //! (`scriptbox stats`).
+//!
+//! [`doctor`] reports what isolation the machine offers each backend
+//! (`scriptbox doctor`).
 
 pub mod audit;
 pub mod cache;
 pub mod dirs;
+pub mod doctor;
 pub mod egress;
 pub mod engine;
 pub mod env;

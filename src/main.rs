@@ -49,6 +49,13 @@ enum Command {
     ///
     /// Exit status: 0 success, 2 bad arguments or an unreadable log.
     Stats(cli::stats::StatsArgs),
+    /// Report what isolation this machine offers (bwrap, user namespaces,
+    /// cgroups, seccomp, gVisor, the Docker engine, KVM), with a one-line
+    /// fix for what is missing.
+    ///
+    /// Exit status: 0 the local backend works, 2 it does not (or bad
+    /// arguments).
+    Doctor(cli::doctor::DoctorArgs),
     /// Serve the HTTP API the platform's backend hands scripts to: a
     /// durable queue of runs, live output, cancellation, tokens per tenant.
     ///
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
         Command::Image(command) => cli::image::run(command),
         Command::Run(args) => cli::run::run(args),
         Command::Stats(args) => cli::stats::run(args),
+        Command::Doctor(args) => cli::doctor::run(args),
         Command::Serve(args) => cli::serve::run_serve(args),
         Command::Token(command) => cli::serve::run_token(command),
         Command::EgressRelay(args) => cli::egress_relay::run(args),

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 
+pub mod doctor;
 pub mod egress_relay;
 pub mod env;
 pub mod image;

@@ -16,6 +16,51 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// CFS period for the CPU quota, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// The controllers a run's limits need.
+pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// True when `SCRIPTBOX_CGROUPS=off` keeps runs out of cgroups (for
+/// machines, and tests, where cgroups must not be used).
+pub fn disabled() -> bool {
+    std::env::var_os("SCRIPTBOX_CGROUPS").is_some_and(|v| v == "off")
+}
+
+fn is_v2(root: &Path) -> bool {
+    root.join("cgroup.controllers").is_file()
+}
+
+/// The hierarchy runs would use: `cgroup-v2` (unified), `cgroup-v1`, or
+/// `None` when no cgroup file system is mounted.
+pub fn host_version() -> Option<&'static str> {
+    let root = Path::new(ROOT);
+    if is_v2(root) {
+        Some("cgroup-v2")
+    } else if CONTROLLERS.iter().any(|c| root.join(c).is_dir()) {
+        Some("cgroup-v1")
+    } else {
+        None
+    }
+}
+
+/// Which of [`CONTROLLERS`] the hierarchy offers (v2: listed in the root's
+/// `cgroup.controllers`; v1: a mounted hierarchy of that name).
+pub fn host_controllers() -> Vec<&'static str> {
+    let root = Path::new(ROOT);
+    if is_v2(root) {
+        let listed = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let listed: Vec<&str> = listed.split_whitespace().collect();
+        CONTROLLERS
+            .into_iter()
+            .filter(|c| listed.contains(c))
+            .collect()
+    } else {
+        CONTROLLERS
+            .into_iter()
+            .filter(|c| root.join(c).is_dir())
+            .collect()
+    }
+}
+
 /// The cgroup(s) of one run; removed when dropped.
 pub struct RunCgroup {
     /// One directory per v1 controller, or the single v2 directory.
@@ -40,17 +85,10 @@ impl RunCgroup {
     /// Creates the cgroup for run `id` with `limits`, or `None` when this
     /// machine does not let us.
     pub fn create(id: &str, limits: &Limits) -> Option<RunCgroup> {
-        // For machines (and tests) where cgroups must not be used.
-        if std::env::var_os("SCRIPTBOX_CGROUPS").is_some_and(|v| v == "off") {
+        if disabled() {
             return None;
         }
-        let root = Path::new(ROOT);
-        let result = if root.join("cgroup.controllers").is_file() {
-            Self::create_v2(root, id, limits)
-        } else {
-            Self::create_v1(root, id, limits)
-        };
-        match result {
+        match Self::try_create(id, limits) {
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::info!("no cgroup for the run ({e}); limits fall back to rlimits");
@@ -59,8 +97,20 @@ impl RunCgroup {
         }
     }
 
+    /// Creates the cgroup for run `id` whatever `SCRIPTBOX_CGROUPS` says,
+    /// with the reason when this machine does not let us (`scriptbox
+    /// doctor` shows it).
+    pub fn try_create(id: &str, limits: &Limits) -> std::io::Result<RunCgroup> {
+        let root = Path::new(ROOT);
+        if is_v2(root) {
+            Self::create_v2(root, id, limits)
+        } else {
+            Self::create_v1(root, id, limits)
+        }
+    }
+
     fn create_v1(root: &Path, id: &str, limits: &Limits) -> std::io::Result<RunCgroup> {
-        let mut controllers = vec!["memory", "pids", "cpu"];
+        let mut controllers = CONTROLLERS.to_vec();
         if root.join("cpuacct").is_dir() && !root.join("cpu").join("cpuacct.usage").exists() {
             controllers.push("cpuacct");
         }
