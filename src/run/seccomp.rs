@@ -18,12 +18,13 @@
 //! prefix also refuses x32 calls (numbers with bit 30 set), which the
 //! architecture check cannot tell apart.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// The filter, as seccompiler's JSON.
 const FILTER_JSON: &str = include_str!("../data/seccomp.json");
@@ -136,10 +137,15 @@ fn programs() -> Result<&'static [Vec<u8>], SeccompError> {
         .map_err(Clone::clone)
 }
 
-/// Whether `bwrap` takes `--add-seccomp-fd`, asked once per process.
+/// Whether `bwrap` takes `--add-seccomp-fd`, asked once per process and
+/// binary.
 pub fn check_bwrap(bwrap: &Path) -> Result<(), SeccompError> {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    let supported = *SUPPORTED.get_or_init(|| {
+    static SUPPORTED: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
+    let mut known = SUPPORTED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let supported = *known.entry(bwrap.to_path_buf()).or_insert_with(|| {
         Command::new(bwrap)
             .arg("--help")
             .output()
@@ -229,6 +235,26 @@ mod tests {
         // The x86_64-only names join the common list there alone.
         assert!(compile("x86_64").unwrap()[0].len() > compile("aarch64").unwrap()[0].len());
         assert!(matches!(compile("sparc"), Err(SeccompError::Arch(_))));
+    }
+
+    #[test]
+    fn a_bwrap_without_add_seccomp_fd_is_refused_by_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("bwrap");
+        std::fs::write(
+            &old,
+            "#!/bin/sh\necho '    --seccomp FD   Load and use seccomp rules from FD'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = check_bwrap(&old).unwrap_err().to_string();
+        assert!(err.contains(&old.display().to_string()), "{err}");
+        assert!(err.contains("--add-seccomp-fd"), "{err}");
+        // The machine's own bubblewrap (the test set-up installs it) has it.
+        if Path::new("/usr/bin/bwrap").exists() {
+            check_bwrap(Path::new("/usr/bin/bwrap")).unwrap();
+        }
     }
 
     #[test]
