@@ -410,3 +410,77 @@ fn an_allowlist_profile_is_refused_until_the_sandboxes_carry_egress() {
         );
     }
 }
+
+#[test]
+fn the_examples_and_the_scientific_stack_run_under_the_local_seccomp_filter() {
+    // The default policy's environment has numpy, pandas, scikit-learn and
+    // matplotlib. The script shows the filter was on (unshare refused) and
+    // then works the stack: BLAS threads, a forest, a figure, a subprocess
+    // (posix_spawn's clone3 gets ENOSYS and glibc falls back to clone).
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "stack.py",
+        "import ctypes, errno, subprocess, sys\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         r = libc.unshare(0x10000000)\n\
+         print('unshare', 'allowed' if r == 0 else errno.errorcode[ctypes.get_errno()])\n\
+         import numpy as np, pandas as pd\n\
+         import matplotlib\n\
+         matplotlib.use('Agg')\n\
+         import matplotlib.pyplot as plt\n\
+         from sklearn.ensemble import RandomForestClassifier\n\
+         x = np.random.default_rng(0).normal(size=(400, 4))\n\
+         y = (x[:, 0] + x[:, 1] > 0).astype(int)\n\
+         print('inv', np.linalg.inv(np.eye(300) * 2).trace())\n\
+         print('frame', pd.DataFrame(x).rolling(5).mean().dropna().shape)\n\
+         model = RandomForestClassifier(n_estimators=20, random_state=0, n_jobs=2).fit(x, y)\n\
+         print('forest', model.score(x, y) > 0.9)\n\
+         plt.plot(x[:, 0]); plt.savefig('/tmp/plot.png')\n\
+         print('figure', open('/tmp/plot.png', 'rb').read(4) == b'\\x89PNG')\n\
+         out = subprocess.run([sys.executable, '-c', 'print(7)'], capture_output=True, text=True)\n\
+         print('subprocess', out.stdout.strip())\n",
+    );
+    let r = json(
+        &run(
+            cache.path(),
+            &[
+                &s,
+                "--policy",
+                "default",
+                "--backend",
+                "local",
+                "--format",
+                "json",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(
+        r["stdout"],
+        "unshare EPERM\ninv 150.0\nframe (396, 4)\nforest True\nfigure True\nsubprocess 7\n",
+        "{r}"
+    );
+    // The examples, as a user would run them.
+    let examples: [(&str, &[&str]); 3] = [
+        ("examples/ml_strategy.py", &[]),
+        (
+            "examples/sma_pandas.py",
+            &["--stdin", "examples/data/prices.csv"],
+        ),
+        (
+            "examples/sma_crossover.py",
+            &["--stdin", "examples/data/prices.csv", "--", "/dev/stdin"],
+        ),
+    ];
+    for (example, extra) in examples {
+        let mut args = vec![example, "--policy", "default", "--backend", "local"];
+        args.extend(["--format", "json"]);
+        args.extend(extra);
+        let r = json(&run(cache.path(), &args).output().unwrap());
+        assert_eq!(r["status"], "succeeded", "{example}: {r}");
+    }
+}

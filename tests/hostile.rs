@@ -1,7 +1,10 @@
 //! The hostile suite: every script in tests/hostile/ runs through
 //! `scriptbox run` on both backends (never directly on the host), under
 //! tests/policies/hostile.toml's tight profile. Each must end with the status
-//! its `# expect:` line names, print no `ESCAPED`, and leave the host as it
+//! its `# expect:` line names, print every line its `# stdout:` lines name
+//! (`# stdout-local:` and `# stdout-docker:` for one backend; how the
+//! seccomp cases show the local filter answered, and what the engine's
+//! default profile answers), print no `ESCAPED`, and leave the host as it
 //! was: no process or container left, no planted secret or host variable in
 //! its output, no connection to the host's loopback listener, the shared
 //! environment intact, a host process of ours still alive.
@@ -29,6 +32,20 @@ fn expected(script: &Path, backend: &str) -> String {
         .unwrap_or_else(|| panic!("{} has no '# expect:' line", script.display()))
         .trim()
         .to_string()
+}
+
+/// The lines `script` must print on `backend`: its `# stdout: ` lines and
+/// its `# stdout-<backend>: ` ones.
+fn expected_lines(script: &Path, backend: &str) -> Vec<String> {
+    let text = fs::read_to_string(script).unwrap();
+    let specific = format!("# stdout-{backend}: ");
+    text.lines()
+        .filter_map(|l| {
+            l.strip_prefix("# stdout: ")
+                .or_else(|| l.strip_prefix(&specific))
+        })
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 /// Processes on the host whose real uid is in the local backend's range.
@@ -206,11 +223,19 @@ fn hostile_scripts_are_contained_on_both_backends() {
                 .unwrap_or_default(),
             first
         );
-        let want = expected(&repo().join("tests/hostile").join(name), backend);
+        let path = repo().join("tests/hostile").join(name);
+        let want = expected(&path, backend);
         if status != want {
             failures.push(format!(
                 "{name} on {backend}: {status}, expected {want}: {r}"
             ));
+        }
+        for line in expected_lines(&path, backend) {
+            if !stdout.lines().any(|l| l == line) {
+                failures.push(format!(
+                    "{name} on {backend}: no line '{line}' in its output: {stdout}"
+                ));
+            }
         }
         if stdout.contains("ESCAPED") {
             failures.push(format!("{name} on {backend} escaped: {stdout}"));

@@ -9,6 +9,10 @@
 //!   minimal `/dev`, and a size-limited tmpfs `/tmp`. No host home, no host
 //!   `/etc` beyond the loader cache and time zone;
 //! - a clean environment ([`Limits::environment`]);
+//! - a seccomp filter ([`super::seccomp`], data in `src/data/seccomp.json`)
+//!   that bwrap installs right before it executes the command, so it covers
+//!   `setpriv` and Python: namespaces, mounts, ptrace, keyrings, bpf,
+//!   io_uring, kernel modules and the like return EPERM;
 //! - a uid and gid of its own for every run (never the host's root, even
 //!   when scriptbox runs as root; then bwrap sets up the namespaces with
 //!   root's rights and `setpriv` drops to that uid, clears groups, empties
@@ -32,6 +36,7 @@ use super::cgroup::{RunCgroup, join_current};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::OutputSink;
+use super::seccomp::{self, Filters};
 use super::{ExecRequest, RunError};
 use crate::env::EnvLocation;
 
@@ -144,6 +149,7 @@ fn jail_args(
     hidden: &[PathBuf],
     uid: u32,
     as_root: bool,
+    seccomp_fds: &[i32],
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -201,6 +207,11 @@ fn jail_args(
     for (k, v) in req.limits.environment() {
         push(&["--setenv", &k, &v]);
     }
+    // Installed last, after bwrap's own set-up: `setpriv` (setresuid,
+    // setgroups, capset, prctl) runs under it and needs none of it.
+    for fd in seccomp_fds {
+        push(&["--add-seccomp-fd", &fd.to_string()]);
+    }
     let id = uid.to_string();
     if as_root {
         push(&["--cap-add", "CAP_SETUID,CAP_SETGID", "--"]);
@@ -228,14 +239,17 @@ fn pre_exec(
     limits: &Limits,
     cgroup_fds: &[i32],
     with_cgroup: bool,
+    seccomp_fds: &[i32],
 ) -> impl Fn() -> std::io::Result<()> + 'static {
     let fds = cgroup_fds.to_vec();
+    let seccomp_fds = seccomp_fds.to_vec();
     let cpu = limits.cpu_seconds();
     let fsize = limits.tmp;
     let nproc = u64::from(limits.pids);
     let memory = limits.memory;
     move || {
         join_current(&fds)?;
+        Filters::pre_exec(&seccomp_fds)?;
         let set = |resource, soft: u64, hard: u64| {
             let rl = libc::rlimit {
                 rlim_cur: soft,
@@ -284,6 +298,10 @@ pub fn run(
         ));
     };
     let bwrap = find_bwrap().ok_or(RunError::NoBwrap)?;
+    // Always on: a bwrap that cannot load it fails the run.
+    seccomp::check_bwrap(&bwrap)?;
+    let filters = Filters::new()?;
+    // SAFETY: geteuid only reads this process's credentials.
     let as_root = unsafe { libc::geteuid() } == 0;
     let run_id = uuid::Uuid::new_v4();
     let (uid, _uid_lock) = claim_uid(&req.state_dir, run_id.as_u128())?;
@@ -312,6 +330,7 @@ pub fn run(
         &hidden,
         uid,
         as_root,
+        &filters.fds(),
     ))
     .arg(python)
     .args(["-I", "-u", "-B"])
@@ -325,7 +344,16 @@ pub fn run(
             .to_string(),
         "rlimit".to_string(),
     ];
-    let exec = supervise(cmd, req, cgroup.as_ref(), enforcement, cancel, sink);
+    let exec = supervise(
+        cmd,
+        req,
+        cgroup.as_ref(),
+        enforcement,
+        &filters.fds(),
+        cancel,
+        sink,
+    );
+    drop(filters);
     drop(script_dir);
     exec
 }
@@ -338,6 +366,7 @@ fn supervise(
     req: &ExecRequest,
     cgroup: Option<&RunCgroup>,
     mut enforcement: Vec<String>,
+    seccomp_fds: &[i32],
     cancel: &CancelToken,
     sink: &dyn OutputSink,
 ) -> Result<Execution, RunError> {
@@ -352,9 +381,9 @@ fn supervise(
         }
     }
     let fds = cgroup.map(|c| c.procs_fds()).unwrap_or_default();
-    // SAFETY: the closure only calls write, setrlimit and prctl.
+    // SAFETY: the closure only calls write, fcntl, setrlimit and prctl.
     unsafe {
-        cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some()));
+        cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some(), seccomp_fds));
     }
     let started = Instant::now();
     let mut child = cmd
@@ -509,5 +538,5 @@ pub fn run_unsandboxed(
         "unsandboxed".to_string(),
     ];
     enforcement.dedup();
-    supervise(cmd, req, cgroup.as_ref(), enforcement, cancel, sink)
+    supervise(cmd, req, cgroup.as_ref(), enforcement, &[], cancel, sink)
 }

@@ -3,7 +3,7 @@
 //!
 //! An [`ExecRequest`] (the script's bytes, its environment handle from the
 //! build stage, the limits from the policy's profile) goes to a backend —
-//! [`local`] (bubblewrap on the host) or [`docker`] (a container per run) —
+//! [`local`] (bubblewrap on the host, under the [`seccomp`] filter) or [`docker`] (a container per run) —
 //! with the run's [`cancel::CancelToken`] and the caller's
 //! [`output::OutputSink`], and the backend returns an
 //! [`outcome::Execution`]; [`outcome::RunOutcome`] is what a run reports.
@@ -17,6 +17,7 @@ pub mod limits;
 pub mod local;
 pub mod outcome;
 pub mod output;
+pub mod seccomp;
 
 use std::path::PathBuf;
 
@@ -109,6 +110,10 @@ pub enum RunError {
         "profile '{0}' has network = \"allowlist\", but egress is not yet wired into the sandboxes, so the script would run without the network it needs; use a profile with network = \"none\""
     )]
     EgressNotWired(String),
+    /// The local sandbox's seccomp filter cannot be applied (the run
+    /// never starts without it).
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// A local operation failed.
     #[error("{0}")]
     Io(String),
