@@ -22,6 +22,7 @@ use crate::policy::Policy;
 use crate::run::cgroup;
 use crate::run::limits::Limits;
 use crate::run::local::find_bwrap;
+use crate::run::seccomp;
 
 /// Identifier of the JSON schema of `scriptbox doctor --format json`.
 pub const SCHEMA: &str = "scriptbox.doctor/1";
@@ -177,7 +178,7 @@ pub fn diagnose(options: &Options) -> Report {
     checks.push(check_kvm());
     let ok = |name: &str| checks.iter().any(|c| c.name == name && c.is_ok());
     let backends = Backends {
-        local: ok("bwrap"),
+        local: ok("bwrap") && ok("seccomp"),
         docker: ok("docker-engine") && ok("docker-base-image"),
         gvisor: ok("runsc"),
     };
@@ -492,6 +493,9 @@ fn check_cgroups() -> Check {
     }
 }
 
+/// The kernel's seccomp, then what the local backend needs of it: its
+/// filter compiles for this architecture and bwrap can install it (a
+/// local run refuses to start without the filter).
 fn check_seccomp() -> Check {
     const NAME: &str = "seccomp";
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -502,24 +506,34 @@ fn check_seccomp() -> Check {
             "seccomp.absent",
         );
     }
-    match read_trimmed("/proc/sys/kernel/seccomp/actions_avail") {
-        Some(actions) if actions.split_whitespace().any(|a| a == "errno") => Check::ok(
-            NAME,
-            format!("kernel supports seccomp filters (actions: {actions})"),
-        ),
-        Some(actions) => Check::not_ok(
-            NAME,
-            CheckStatus::Degraded,
-            format!(
-                "kernel supports seccomp filters, but not the errno action (actions: {actions})"
-            ),
-            "seccomp.no-errno",
-        ),
+    let kernel = match read_trimmed("/proc/sys/kernel/seccomp/actions_avail") {
+        Some(actions) if actions.split_whitespace().any(|a| a == "errno") => {
+            format!("kernel supports seccomp filters (actions: {actions})")
+        }
+        Some(actions) => {
+            return Check::missing(
+                NAME,
+                format!(
+                    "kernel supports seccomp filters, but not the errno action (actions: {actions})"
+                ),
+                "seccomp.no-errno",
+            );
+        }
         // Kernels before 4.14 do not list their actions.
-        None => Check::ok(
-            NAME,
-            "kernel supports seccomp filters (it does not list its actions)".into(),
-        ),
+        None => "kernel supports seccomp filters (it does not list its actions)".into(),
+    };
+    if let Err(e) = seccomp::compile(std::env::consts::ARCH) {
+        return Check::missing(NAME, format!("{kernel}; {e}"), "seccomp.arch");
+    }
+    match find_bwrap() {
+        Some(bwrap) => match seccomp::check_bwrap(&bwrap) {
+            Ok(()) => Check::ok(
+                NAME,
+                format!("{kernel}; the local sandbox installs scriptbox's filter through bwrap"),
+            ),
+            Err(e) => Check::missing(NAME, format!("{kernel}; {e}"), "seccomp.bwrap"),
+        },
+        None => Check::ok(NAME, format!("{kernel}; scriptbox's filter compiles")),
     }
 }
 
