@@ -331,27 +331,70 @@ const ADMIT_BATCH: usize = 256;
 /// Admits submissions as they come, every one waiting at that moment in
 /// one transaction, until the store is dropped.
 async fn admit_loop(writer: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<AdmitJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < ADMIT_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    while let Some(batch) = next_admissions(&mut jobs).await {
+        let outcome = admit_batch(&writer, &batch).await;
+        answer_admissions(batch, outcome);
+    }
+}
+
+/// The submissions waiting now (at least one, at most [`ADMIT_BATCH`]);
+/// None once the store is dropped. Both stores' group commit takes its
+/// batches here.
+async fn next_admissions(
+    jobs: &mut tokio::sync::mpsc::Receiver<AdmitJob>,
+) -> Option<Vec<AdmitJob>> {
+    let mut batch = vec![jobs.recv().await?];
+    while batch.len() < ADMIT_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Answers each job of `batch`: its own result, or the transaction's
+/// failure for every one.
+fn answer_admissions(
+    batch: Vec<AdmitJob>,
+    outcome: Result<Vec<Result<Admitted, StoreError>>, sqlx::Error>,
+) {
+    match outcome {
+        Ok(results) => {
+            for (job, result) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(result);
             }
         }
-        match admit_batch(&writer, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
-                }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
             }
         }
     }
+}
+
+/// Hands a submission to a store's admission loop and waits for its
+/// answer.
+async fn submit_admission(
+    admissions: &tokio::sync::mpsc::Sender<AdmitJob>,
+    run: &NewRun,
+    limits: Admission,
+    finished: Option<(RunStatus, &serde_json::Value)>,
+) -> Result<Admitted, StoreError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = AdmitJob {
+        run: run.clone(),
+        limits,
+        finished: finished.map(|(s, o)| (s, o.clone())),
+        reply,
+    };
+    admissions
+        .send(job)
+        .await
+        .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Unavailable("the store is closing".into()))?
 }
 
 /// Admits `batch` in one transaction: each job's own refusal (quota,
@@ -691,20 +734,7 @@ impl SqliteStore {
         limits: Admission,
         finished: Option<(RunStatus, &serde_json::Value)>,
     ) -> Result<Admitted, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = AdmitJob {
-            run: run.clone(),
-            limits,
-            finished: finished.map(|(s, o)| (s, o.clone())),
-            reply,
-        };
-        self.admissions
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?
+        submit_admission(&self.admissions, run, limits, finished).await
     }
 
     /// The run `id`, if it exists (and, given a tenant, is that tenant's).

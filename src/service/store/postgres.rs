@@ -19,7 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::{
     ADMIT_BATCH, Admission, AdmitJob, Admitted, CallbackNext, Caller, CancelState, Claim,
-    ClaimedRun, NewRun, OutputChunk, Role, RunFilter, RunRow, StoreError, TokenInfo, now_ms,
+    ClaimedRun, NewRun, OutputChunk, Role, RunFilter, RunRow, StoreError, TokenInfo,
+    answer_admissions, next_admissions, now_ms, submit_admission,
 };
 use crate::service::model::{CallbackAttempt, RunStatus};
 
@@ -204,20 +205,7 @@ impl PgStore {
         limits: Admission,
         finished: Option<(RunStatus, &serde_json::Value)>,
     ) -> Result<Admitted, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = AdmitJob {
-            run: run.clone(),
-            limits,
-            finished: finished.map(|(s, o)| (s, o.clone())),
-            reply,
-        };
-        self.admissions
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?
+        submit_admission(&self.admissions, run, limits, finished).await
     }
 
     /// See [`super::Store::get_run`].
@@ -711,26 +699,9 @@ impl Notifications {
 /// Admits submissions as they come, every one waiting at that moment in
 /// one transaction.
 async fn admit_loop(pool: PgPool, mut jobs: tokio::sync::mpsc::Receiver<AdmitJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < ADMIT_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        match admit_batch(&pool, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
-                }
-            }
-        }
+    while let Some(batch) = next_admissions(&mut jobs).await {
+        let outcome = admit_batch(&pool, &batch).await;
+        answer_admissions(batch, outcome);
     }
 }
 
