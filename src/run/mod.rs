@@ -168,3 +168,33 @@ pub fn sandbox_name(path: &std::path::Path) -> String {
         name
     }
 }
+
+/// The `scriptbox` binary that sandboxes start for their own helpers (the
+/// egress relay, the init): `SCRIPTBOX_SELF_BIN` when set, else this
+/// process's executable when it is `scriptbox`, else a `scriptbox` beside
+/// it or one directory up (a test binary in `target/<profile>/deps/`).
+pub fn sandbox_binary() -> Result<PathBuf, RunError> {
+    if let Some(path) = std::env::var_os("SCRIPTBOX_SELF_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| RunError::Io(format!("finding the scriptbox binary: {e}")))?;
+    if exe.file_name().is_some_and(|n| n == "scriptbox") {
+        return Ok(exe);
+    }
+    let beside = exe.parent().map(|dir| dir.join("scriptbox"));
+    let above = exe
+        .parent()
+        .and_then(|dir| dir.parent())
+        .map(|dir| dir.join("scriptbox"));
+    [beside, above]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            RunError::Io(format!(
+                "no scriptbox binary beside {} for the sandbox's helpers: set SCRIPTBOX_SELF_BIN to one",
+                exe.display()
+            ))
+        })
+}
