@@ -118,6 +118,8 @@ pub struct Checked {
     pub limits: Limits,
     /// Seconds validation took.
     pub validate_seconds: f64,
+    /// The profile's egress allowlist, when it has one.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// The lowercase hex sha256 of the script's bytes (its identity in logs
@@ -158,8 +160,9 @@ fn judge(request: &RunRequest) -> Result<Checked, Box<RunOutcome>> {
             names.join(", ")
         )));
     };
-    if let Err(e) = crate::run::check_network(&request.profile, profile) {
-        return Err(error(e.to_string()));
+    let egress = crate::egress::EgressConfig::from_profile(profile);
+    if egress.is_some() && request.unsandboxed {
+        return Err(error(crate::run::RunError::EgressUnsandboxed.to_string()));
     }
     let limits = Limits::from(profile);
     let started = Instant::now();
@@ -219,6 +222,7 @@ fn judge(request: &RunRequest) -> Result<Checked, Box<RunOutcome>> {
             report,
             limits,
             validate_seconds,
+            egress,
         }),
     }
 }
@@ -319,6 +323,7 @@ fn build_and_run(
         limits: checked.limits.clone(),
         env,
         state_dir: runs_dir(&request.cache_dir),
+        egress: checked.egress.clone(),
     };
     let span = info_span!("run", env = %summary.key.get(..16).unwrap_or(""), backend);
     let _guard = span.enter();

@@ -379,10 +379,20 @@ fn text_output_is_written_through_while_the_script_runs() {
 }
 
 #[test]
-fn an_allowlist_profile_is_refused_until_the_sandboxes_carry_egress() {
+fn an_allowlist_profile_runs_sandboxed_with_an_egress_report_and_never_unsandboxed() {
     let cache = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let s = script(dir.path(), "bot.py", "print('hi')\n");
+    // The proxy variables point at the relay, lookups go to its stub, and
+    // a name off the list gets no answer.
+    let s = script(
+        dir.path(),
+        "bot.py",
+        "import os, socket\n\
+         print(os.environ['HTTPS_PROXY'])\n\
+         print(open('/etc/resolv.conf').read().split('nameserver ')[1].split()[0])\n\
+         try:\n    socket.getaddrinfo('example.invalid', 443)\n    print('resolved')\n\
+         except socket.gaierror:\n    print('no answer')\n",
+    );
     for backend in ["local", "docker"] {
         let out = run(
             cache.path(),
@@ -399,16 +409,40 @@ fn an_allowlist_profile_is_refused_until_the_sandboxes_carry_egress() {
         .output()
         .unwrap();
         let r = json(&out);
-        assert_eq!(r["status"], "error", "{r}");
-        assert_eq!(out.status.code(), Some(2));
-        let message = r["message"].as_str().unwrap();
-        assert!(message.contains("egress is not yet wired"), "{message}");
+        assert_eq!(r["status"], "succeeded", "{backend}: {r}");
         assert_eq!(
-            r["env"],
-            serde_json::Value::Null,
-            "nothing was built or run"
+            r["stdout"], "http://127.0.0.1:3128\n127.0.0.1\nno answer\n",
+            "{backend}: {r}"
         );
+        assert_eq!(r["egress"]["allowed"], 0, "{backend}: {r}");
+        assert_eq!(r["egress"]["connections"], serde_json::json!([]), "{r}");
     }
+    let out = run(
+        cache.path(),
+        &[
+            &s,
+            "--profile",
+            "trading",
+            "--unsandboxed",
+            "--format",
+            "json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let r = json(&out);
+    assert_eq!(r["status"], "error", "{r}");
+    assert_eq!(out.status.code(), Some(2));
+    let message = r["message"].as_str().unwrap();
+    assert!(
+        message.contains("--unsandboxed cannot enforce"),
+        "{message}"
+    );
+    assert_eq!(
+        r["env"],
+        serde_json::Value::Null,
+        "nothing was built or run"
+    );
 }
 
 #[test]

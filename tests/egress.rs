@@ -98,6 +98,17 @@ fn world() -> &'static World {
     })
 }
 
+/// The fake exchange is one process: tests that load it with a thousand
+/// connections run alone, the others together.
+fn exchange_turn(alone: bool) -> Box<dyn std::any::Any> {
+    static TURN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    if alone {
+        Box::new(TURN.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Box::new(TURN.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// 1,000 connections at once need more descriptors than the default.
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
@@ -398,6 +409,7 @@ fn record<'a>(
 
 #[test]
 fn proxy_aware_clients_reach_the_fake_exchange() {
+    let _turn = exchange_turn(false);
     let h = Harness::new("");
     let https = format!("https://api.exchange.test:{}/v8/quote", port("https"));
     let http = format!("http://api.exchange.test:{}/v8/quote", port("http"));
@@ -441,6 +453,7 @@ fn proxy_aware_clients_reach_the_fake_exchange() {
 
 #[test]
 fn transparent_path_reaches_the_fake_exchange_through_the_stub() {
+    let _turn = exchange_turn(false);
     let h = Harness::new("");
     let https = format!("https://api.exchange.test:{}/v8/quote", port("https"));
     let http = format!("http://api.exchange.test:{}/v8/quote", port("http"));
@@ -488,6 +501,7 @@ fn transparent_path_reaches_the_fake_exchange_through_the_stub() {
 
 #[test]
 fn the_stub_answers_only_allowed_names() {
+    let _turn = exchange_turn(false);
     let h = Harness::new("");
     let a = h.transparent("dns", "api.exchange.test", Some("A"));
     assert_eq!(a["status"], 0, "{a}");
@@ -530,6 +544,7 @@ fn the_stub_answers_only_allowed_names() {
 
 #[test]
 fn refusals_are_clear_and_recorded() {
+    let _turn = exchange_turn(false);
     let h = Harness::new("");
     let (https, http, echo) = (port("https"), port("http"), port("echo"));
     let refused = |r: &Value, header: &str, what: &str| {
@@ -667,8 +682,26 @@ fn refusals_are_clear_and_recorded() {
         .count();
     assert_eq!(literals, 7, "{report:#?}");
     assert_eq!(report.allowed, 0, "{report:#?}");
-    // Every refusal makes one line for the run's report.
-    assert_eq!(report.refusal_lines().len(), report.connections.len());
+    // Every refused target and reason makes one line for the run's
+    // report, repeats counted on it.
+    let lines = report.refusal_lines();
+    let mut kinds: Vec<(String, u16, Option<Reason>)> = report
+        .connections
+        .iter()
+        .map(|c| (c.host.clone(), c.port, c.reason))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(lines.len(), kinds.len(), "{lines:#?}");
+    for c in &report.connections {
+        let reason = format!("({})", c.reason.unwrap().as_str());
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{}:{}", c.host, c.port)) && l.contains(&reason)),
+            "{c:?} has no line in {lines:#?}"
+        );
+    }
 }
 
 /// Writes a request on a TCP connection and reads the answer to the end.
@@ -697,6 +730,7 @@ fn socket_request(socket: &Path, request: &[u8]) -> String {
 
 #[test]
 fn forged_requests_on_the_socket_are_refused() {
+    let _turn = exchange_turn(false);
     let h = Harness::with(
         "",
         |c| c.timeouts.first_bytes = Duration::from_secs(2),
@@ -816,6 +850,7 @@ fn forged_requests_on_the_socket_are_refused() {
 
 #[test]
 fn a_thousand_connections_at_once_are_capped_and_nothing_hangs() {
+    let _turn = exchange_turn(true);
     let h = Harness::new("egress_connections = 300");
     let socket = h.socket();
     let http = port("http");
@@ -890,6 +925,7 @@ fn a_thousand_connections_at_once_are_capped_and_nothing_hangs() {
 
 #[test]
 fn the_byte_cap_cuts_a_connection() {
+    let _turn = exchange_turn(false);
     let h = Harness::new("egress_bytes = \"256K\"");
     let small = format!("http://api.exchange.test:{}/v8/quote", port("http"));
     assert_ok(
@@ -911,6 +947,7 @@ fn the_byte_cap_cuts_a_connection() {
 
 #[test]
 fn the_stub_never_sends_a_packet_off_loopback() {
+    let _turn = exchange_turn(false);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("relay.strace");
     let h = Harness::with("", |_| {}, Some(&log));
@@ -958,4 +995,220 @@ fn the_stub_never_sends_a_packet_off_loopback() {
     }
     // The trace saw the stub's answers, so it would have seen a forward.
     assert!(replies >= 12, "only {replies} DNS replies traced:\n{trace}");
+}
+
+// ---------------------------------------------------------------------------
+// Through the sandboxes: `scriptbox run` on both backends, the relay started
+// inside the sandbox beside the script, the host proxy in the scriptbox
+// process, and the fake exchange on the host's loopback.
+
+/// The sandboxed runs' policy (the test policy plus the client libraries,
+/// locked) and a cache shared by every sandboxed run of this process.
+struct SandboxWorld {
+    dir: tempfile::TempDir,
+    policy: PathBuf,
+}
+
+fn sandbox_world() -> &'static SandboxWorld {
+    static WORLD: OnceLock<SandboxWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("exchange.toml");
+        let text = policy_text("").replacen(
+            "[python]\nversion = \"3.11\"\n",
+            "preinstalled = []\n\n[python]\nversion = \"3.11\"\nplatform = \"x86_64-manylinux_2_28\"\n\n\
+             [install]\nauto_install = true\nwheels_only = true\n\n\
+             [[allow]]\nname = \"requests\"\n\n[[allow]]\nname = \"aiohttp\"\n\n\
+             [[allow]]\nname = \"websockets\"\n\n[[allow]]\nname = \"curl_cffi\"\n",
+            1,
+        );
+        std::fs::write(&policy, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["policy", "lock", "--policy"])
+            .arg(&policy)
+            .env("SCRIPTBOX_UV", uv())
+            .env("SCRIPTBOX_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "locking the sandbox policy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SandboxWorld { dir, policy }
+    })
+}
+
+/// `scriptbox run --profile exchange` of `script` on `backend`; the
+/// outcome (`scriptbox.run/1`).
+fn sandboxed(backend: &str, script: &Path, args: &[&str]) -> Value {
+    let world = sandbox_world();
+    let out = Command::new(BIN)
+        .args(["run", "--profile", "exchange", "--format", "json"])
+        .args(["--backend", backend, "--python", "python3", "--policy"])
+        .arg(&world.policy)
+        .arg(script)
+        .arg("--")
+        .args(args)
+        .env("SCRIPTBOX_UV", uv())
+        .env("SCRIPTBOX_CACHE_DIR", world.dir.path().join("cache"))
+        .output()
+        .expect("scriptbox runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{backend} {}: not JSON ({e}): {}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The clients script, made to run as an uploaded script: the test CA
+/// written to /tmp, and with `direct` the proxy variables dropped, so the
+/// client goes the transparent way (the stub's answer, the listener on it).
+fn sandboxed_clients_script(dir: &Path) -> PathBuf {
+    let ca = std::fs::read_to_string(&world().ca).unwrap();
+    let clients = std::fs::read_to_string(support("egress_clients.py")).unwrap();
+    let prelude = format!(
+        "import os, sys\n\
+         with open('/tmp/egress-ca.pem', 'w') as f:\n    f.write('''{ca}''')\n\
+         os.environ['EGRESS_CA'] = '/tmp/egress-ca.pem'\n\
+         os.environ['EGRESS_PROXY'] = '127.0.0.1:3128'\n\
+         if sys.argv.pop(1) == 'direct':\n\
+         \x20   for k in [k for k in os.environ if k.lower().endswith('_proxy')]:\n\
+         \x20       del os.environ[k]\n"
+    );
+    let path = dir.join("clients.py");
+    std::fs::write(&path, format!("{prelude}{clients}")).unwrap();
+    path
+}
+
+#[test]
+fn every_client_reaches_the_fake_exchange_from_both_sandboxes() {
+    let _turn = exchange_turn(false);
+    let dir = tempfile::tempdir().unwrap();
+    let script = sandboxed_clients_script(dir.path());
+    let https = format!("https://api.exchange.test:{}/v8/quote", port("https"));
+    let http = format!("http://api.exchange.test:{}/v8/quote", port("http"));
+    let wss = format!("wss://ws.exchange.test:{}/stream", port("wss"));
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("proxy", "requests", &https, "\"AAPL\""),
+        ("proxy", "urllib", &https, "\"AAPL\""),
+        ("proxy", "curl_cffi", &https, "\"AAPL\""),
+        ("proxy", "aiohttp", &https, "\"AAPL\""),
+        ("proxy", "requests", &http, "\"AAPL\""),
+        ("proxy", "websockets", &wss, "echo:BTCUSDT"),
+        ("direct", "requests", &https, "\"AAPL\""),
+        ("direct", "urllib", &http, "\"AAPL\""),
+        ("direct", "aiohttp", &https, "\"AAPL\""),
+        ("direct", "websockets", &wss, "echo:BTCUSDT"),
+        ("direct", "raw_tls", &https, "\"AAPL\""),
+        ("direct", "raw_http", &http, "\"AAPL\""),
+    ];
+    for backend in ["local", "docker"] {
+        for (mode, client, url, expect) in &cases {
+            let what = format!("{backend} {mode} {client} {url}");
+            let outcome = sandboxed(backend, &script, &[mode, client, url]);
+            assert_eq!(outcome["status"], "succeeded", "{what}: {outcome}");
+            let result: Value = serde_json::from_str(outcome["stdout"].as_str().unwrap().trim())
+                .unwrap_or_else(|e| panic!("{what}: {e}: {outcome}"));
+            assert_ok(&result, expect, &what);
+            let egress = &outcome["egress"];
+            let connections = egress["connections"].as_array().unwrap();
+            assert!(
+                !connections.is_empty()
+                    && connections.iter().all(|c| c["allowed"] == true
+                        && c["bytes_up"].as_u64() > Some(0)
+                        && c["bytes_down"].as_u64() > Some(0)),
+                "{what}: {egress}"
+            );
+            assert_eq!(egress["refused"], 0, "{what}: {egress}");
+        }
+    }
+}
+
+/// The `# key: value` lines of a hostile egress script.
+fn header_lines(text: &str, key: &str) -> Vec<String> {
+    let prefix = format!("# {key}: ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn hostile_egress_cases_are_contained_on_both_backends() {
+    let _turn = exchange_turn(true);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/egress");
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "py"))
+        .collect();
+    scripts.sort();
+    assert!(
+        scripts.len() >= 11,
+        "{} hostile egress scripts",
+        scripts.len()
+    );
+    let ports = world().ports.to_string();
+    let mut failures = Vec::new();
+    for backend in ["local", "docker"] {
+        for script in &scripts {
+            let name = script.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(script).unwrap();
+            let outcome = sandboxed(backend, script, &[&ports]);
+            let what = format!("{name} on {backend}");
+            let stdout = outcome["stdout"].as_str().unwrap_or_default();
+            let stderr = outcome["stderr"].as_str().unwrap_or_default();
+            for status in header_lines(&text, "expect") {
+                if outcome["status"] != status.as_str() {
+                    failures.push(format!(
+                        "{what}: status {} not {status}: {outcome}",
+                        outcome["status"]
+                    ));
+                }
+            }
+            for line in header_lines(&text, "stdout") {
+                if !stdout.lines().any(|l| l == line) {
+                    failures.push(format!("{what}: no line '{line}' in: {stdout}{stderr}"));
+                }
+            }
+            if stdout.contains("ESCAPED") {
+                failures.push(format!("{what} escaped: {stdout}"));
+            }
+            let connections = outcome["egress"]["connections"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for reason in header_lines(&text, "refused") {
+                let recorded = connections
+                    .iter()
+                    .any(|c| c["allowed"] == false && c["reason"] == reason.as_str());
+                if !recorded {
+                    failures.push(format!(
+                        "{what}: no refused connection for {reason}: {}",
+                        outcome["egress"]
+                    ));
+                }
+                if !stderr.contains(&format!("({reason})")) {
+                    failures.push(format!(
+                        "{what}: no refusal line for {reason} on stderr: {stderr}"
+                    ));
+                }
+            }
+            if header_lines(&text, "connections") == ["0"] && !connections.is_empty() {
+                failures.push(format!(
+                    "{what}: the proxy saw connections: {}",
+                    outcome["egress"]
+                ));
+            }
+            if outcome["egress"].is_null() {
+                failures.push(format!("{what}: no egress report: {outcome}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

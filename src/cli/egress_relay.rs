@@ -1,8 +1,14 @@
 //! `scriptbox egress-relay` (hidden): runs the egress relay inside a
-//! sandbox's network namespace, for the backends to start. It prints one
-//! JSON line when its sockets are bound (`scriptbox.egress-relay/1`:
-//! `dns`, `proxy`), then serves until it is killed or its parent dies.
+//! sandbox's network namespace, for the backends to start.
+//!
+//! - With a command after `--` (how the sandboxes start it), it binds its
+//!   sockets, then becomes that command while a forked child serves the
+//!   relay ([`scriptbox::egress::beside`]).
+//! - Without one, it prints one JSON line when its sockets are bound
+//!   (`scriptbox.egress-relay/1`: `dns`, `proxy`), then serves until it is
+//!   killed or its parent dies.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,11 +26,19 @@ pub struct EgressRelayArgs {
     /// The host proxy's Unix socket (overrides the config's).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// When started as root: the uid the forked relay drops to.
+    #[arg(long, value_name = "UID")]
+    drop_to: Option<u32>,
+    /// The command to become once the relay's sockets are bound.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
 }
 
 /// Runs the relay.
 pub fn run(args: EgressRelayArgs) -> ExitCode {
-    die_with_parent();
+    if args.command.is_empty() {
+        die_with_parent();
+    }
     let mut config = match RelayConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
@@ -36,6 +50,10 @@ pub fn run(args: EgressRelayArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e.to_string()),
     };
+    if !args.command.is_empty() {
+        let error = scriptbox::egress::beside::serve_beside(relay, args.drop_to, &args.command);
+        return fail(&error.to_string());
+    }
     let ready = serde_json::json!({
         "schema": "scriptbox.egress-relay/1",
         "dns": relay.dns_addr().to_string(),

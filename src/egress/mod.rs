@@ -19,11 +19,13 @@
 //! listeners on the synthetic addresses for clients that ignore it.
 
 pub mod address;
+pub mod beside;
 pub mod dns;
 pub mod proxy;
 pub mod record;
 pub mod relay;
 pub mod rule;
+pub mod session;
 pub mod sniff;
 
 use std::collections::BTreeMap;
@@ -38,6 +40,7 @@ pub use proxy::{HostProxy, HostProxyHandle};
 pub use record::{ConnectionRecord, EgressReport, Reason};
 pub use relay::{Relay, RelayConfig, RelayHandle};
 pub use rule::{Allowlist, EgressRule};
+pub use session::EgressSession;
 
 /// Connections listed in a report; more are only counted.
 pub const MAX_RECORDS: usize = 4096;

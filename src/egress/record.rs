@@ -110,21 +110,36 @@ pub struct EgressReport {
 }
 
 impl EgressReport {
-    /// One line per refused connection, for the run's report on stderr.
+    /// One line per refused target and reason, for the run's report on
+    /// stderr, in the order first seen; repeats are counted on the line
+    /// (`(3 times)`), so a thousand refusals of one kind stay one line.
     pub fn refusal_lines(&self) -> Vec<String> {
-        self.connections
-            .iter()
-            .filter(|c| !c.allowed)
-            .map(|c| {
+        let mut seen: Vec<(&ConnectionRecord, usize)> = Vec::new();
+        for c in self.connections.iter().filter(|c| !c.allowed) {
+            match seen
+                .iter_mut()
+                .find(|(s, _)| s.host == c.host && s.port == c.port && s.reason == c.reason)
+            {
+                Some((_, count)) => *count += 1,
+                None => seen.push((c, 1)),
+            }
+        }
+        seen.into_iter()
+            .map(|(c, count)| {
                 format!(
-                    "scriptbox: egress refused {}:{} ({}){}",
+                    "scriptbox: egress refused {}:{} ({}){}{}",
                     c.host,
                     c.port,
                     c.reason.map_or("refused", Reason::as_str),
                     c.message
                         .as_deref()
                         .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if count > 1 {
+                        format!(" ({count} times)")
+                    } else {
+                        String::new()
+                    }
                 )
             })
             .collect()

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -31,6 +32,8 @@ use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::{OutputSink, Stream};
 use super::{ExecRequest, RunError};
+use crate::egress::EgressSession;
+use crate::egress::session::{SANDBOX_BINARY, SANDBOX_DIR};
 use crate::engine::{Engine, labels};
 use crate::env::EnvLocation;
 
@@ -105,15 +108,42 @@ fn container_config(
     script_dir: &str,
     owner: &str,
     has_stdin: bool,
+    egress: Option<(PathBuf, &EgressSession)>,
 ) -> ContainerCreateBody {
     let limits: &Limits = &req.limits;
-    let mut cmd = vec![
+    let mut binds = vec![format!("{script_dir}:{SCRIPT_DIR}:ro")];
+    let mut env: Vec<String> = limits
+        .environment()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    // The network's one way out (the container's network stays `none`):
+    // the relay beside the script, the host proxy's socket in the session
+    // directory, and name lookups sent to the relay's stub. The engine
+    // lets containers bind ports below 1024, so the relay needs no
+    // capability for its DNS port.
+    let mut cmd = Vec::new();
+    if let Some((binary, session)) = egress {
+        binds.push(format!("{}:{SANDBOX_BINARY}:ro", binary.display()));
+        binds.push(format!("{}:{SANDBOX_DIR}:ro", session.host_dir().display()));
+        for (file, target) in session.etc_files() {
+            binds.push(format!("{}:{target}:ro", file.display()));
+        }
+        env.extend(
+            session
+                .environment()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        cmd.extend(session.relay_prefix(None));
+    }
+    cmd.extend([
         "python3".to_string(),
         "-I".into(),
         "-u".into(),
         "-B".into(),
         format!("{SCRIPT_DIR}/{}", req.script_name),
-    ];
+    ]);
     cmd.extend(req.args.iter().cloned());
     let ulimit = |name: &str, value: u64| ResourcesUlimits {
         name: Some(name.into()),
@@ -131,7 +161,7 @@ fn container_config(
             "/tmp".to_string(),
             format!("rw,nosuid,nodev,size={},mode=1777", limits.tmp),
         )])),
-        binds: Some(vec![format!("{script_dir}:{SCRIPT_DIR}:ro")]),
+        binds: Some(binds),
         // /dev/shm is another writable tmpfs: no larger than /tmp.
         shm_size: Some(limits.tmp as i64),
         cap_drop: Some(vec!["ALL".into()]),
@@ -158,13 +188,7 @@ fn container_config(
         user: Some(SANDBOX_USER.into()),
         hostname: Some("sandbox".into()),
         working_dir: Some("/tmp".into()),
-        env: Some(
-            limits
-                .environment()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        ),
+        env: Some(env),
         network_disabled: Some(true),
         attach_stdin: Some(has_stdin),
         open_stdin: Some(has_stdin),
@@ -214,12 +238,18 @@ pub fn run(
     let script_dir = super::script_dir(req)?;
     let stdin = req.stdin.read()?;
 
+    let session = req.egress.clone().map(EgressSession::start).transpose()?;
+    let egress = match &session {
+        Some(session) => Some((super::sandbox_binary()?, session)),
+        None => None,
+    };
     let body = container_config(
         image,
         req,
         &script_dir.path().display().to_string(),
         &owner,
         stdin.is_some(),
+        egress,
     );
     let name = format!("scriptbox-run-{}", uuid::Uuid::new_v4());
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -398,6 +428,10 @@ pub fn run(
         });
         Ok(exec)
     });
+    let mut result = result;
+    if let Ok(exec) = result.as_mut() {
+        super::finish_egress(session, exec, sink);
+    }
     drop(script_dir);
     result
 }

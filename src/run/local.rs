@@ -38,6 +38,8 @@ use super::outcome::{Execution, Status, signal_name};
 use super::output::OutputSink;
 use super::seccomp::{self, Filters};
 use super::{ExecRequest, RunError};
+use crate::egress::EgressSession;
+use crate::egress::session::{SANDBOX_BINARY, SANDBOX_DIR};
 use crate::env::EnvLocation;
 
 /// The first uid handed to runs; each run gets one of 65536 from here.
@@ -141,7 +143,16 @@ fn make_parents(path: &Path, made: &mut Vec<PathBuf>, args: &mut Vec<String>) {
     }
 }
 
-/// The bwrap arguments for one run, up to and including `--`.
+/// What the jail mounts and starts for a run's egress: the scriptbox
+/// binary (the relay is its hidden command) and the run's session.
+struct EgressJail<'a> {
+    binary: PathBuf,
+    session: &'a EgressSession,
+}
+
+/// The bwrap arguments for one run, up to and including `--`, and with an
+/// egress allowlist, the relay's words that then become the command.
+#[allow(clippy::too_many_arguments)]
 fn jail_args(
     req: &ExecRequest,
     script_dir: &Path,
@@ -150,6 +161,7 @@ fn jail_args(
     uid: u32,
     as_root: bool,
     seccomp_fds: &[i32],
+    egress: Option<&EgressJail>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -176,6 +188,8 @@ fn jail_args(
             push(&["--ro-bind", top, top]);
         }
     }
+    // Made readable first: bwrap would make the parent of a bind 0700.
+    push(&["--perms", "0755", "--dir", "/etc"]);
     for file in ["/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"] {
         push(&["--ro-bind-try", file, file]);
     }
@@ -207,6 +221,35 @@ fn jail_args(
     for (k, v) in req.limits.environment() {
         push(&["--setenv", &k, &v]);
     }
+    // The network's one way out: the relay beside the script, the host
+    // proxy's socket in the session directory, and name lookups sent to
+    // the relay's stub. Port 53 needs CAP_NET_BIND_SERVICE, which only the
+    // relay uses (it drops it, and the script never gets it).
+    let mut caps = vec!["CAP_SETUID", "CAP_SETGID"];
+    if let Some(egress) = egress {
+        let mut made = vec![PathBuf::from("/etc")];
+        make_parents(Path::new(SANDBOX_BINARY), &mut made, &mut a);
+        make_parents(&Path::new(SANDBOX_DIR).join("x"), &mut made, &mut a);
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        let binary = egress.binary.display().to_string();
+        let dir = egress.session.host_dir().display().to_string();
+        push(&[
+            "--ro-bind",
+            &binary,
+            SANDBOX_BINARY,
+            "--ro-bind",
+            &dir,
+            SANDBOX_DIR,
+        ]);
+        for (file, target) in egress.session.etc_files() {
+            push(&["--ro-bind", &file.display().to_string(), target]);
+        }
+        for (k, v) in egress.session.environment() {
+            push(&["--setenv", &k, &v]);
+        }
+        caps.push("CAP_NET_BIND_SERVICE");
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     // Installed last, after bwrap's own set-up: `setpriv` (setresuid,
     // setgroups, capset, prctl) runs under it and needs none of it.
     for fd in seccomp_fds {
@@ -214,7 +257,11 @@ fn jail_args(
     }
     let id = uid.to_string();
     if as_root {
-        push(&["--cap-add", "CAP_SETUID,CAP_SETGID", "--"]);
+        push(&["--cap-add", &caps.join(","), "--"]);
+        if let Some(egress) = egress {
+            a.extend(egress.session.relay_prefix(Some(uid)));
+        }
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&[
             "/usr/bin/setpriv",
             "--reuid",
@@ -228,7 +275,13 @@ fn jail_args(
             "--",
         ]);
     } else {
-        push(&["--unshare-user", "--uid", &id, "--gid", &id, "--"]);
+        push(&["--unshare-user", "--uid", &id, "--gid", &id]);
+        if let Some(egress) = egress {
+            push(&["--cap-add", "CAP_NET_BIND_SERVICE", "--"]);
+            a.extend(egress.session.relay_prefix(None));
+        } else {
+            push(&["--"]);
+        }
     }
     a
 }
@@ -322,6 +375,14 @@ pub fn run(
     binds.extend(layer_dirs(site_packages));
     binds.retain(|b| !b.starts_with("/usr"));
     let cgroup = RunCgroup::create(&run_id.to_string(), &req.limits);
+    let session = req.egress.clone().map(EgressSession::start).transpose()?;
+    let egress = match &session {
+        Some(session) => Some(EgressJail {
+            binary: super::sandbox_binary()?,
+            session,
+        }),
+        None => None,
+    };
     let mut cmd = Command::new(&bwrap);
     cmd.args(jail_args(
         req,
@@ -331,6 +392,7 @@ pub fn run(
         uid,
         as_root,
         &filters.fds(),
+        egress.as_ref(),
     ))
     .arg(python)
     .args(["-I", "-u", "-B"])
@@ -344,7 +406,7 @@ pub fn run(
             .to_string(),
         "rlimit".to_string(),
     ];
-    let exec = supervise(
+    let mut exec = supervise(
         cmd,
         req,
         cgroup.as_ref(),
@@ -353,6 +415,10 @@ pub fn run(
         cancel,
         sink,
     );
+    drop(egress);
+    if let Ok(exec) = exec.as_mut() {
+        super::finish_egress(session, exec, sink);
+    }
     drop(filters);
     drop(script_dir);
     exec
@@ -508,6 +574,9 @@ pub fn run_unsandboxed(
     cancel: &CancelToken,
     sink: &dyn OutputSink,
 ) -> Result<Execution, RunError> {
+    if req.egress.is_some() {
+        return Err(RunError::EgressUnsandboxed);
+    }
     let EnvLocation::Venv { python, .. } = &req.env.location else {
         return Err(RunError::Environment(
             "the local backend needs a venv environment".into(),

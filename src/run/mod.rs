@@ -88,6 +88,9 @@ pub struct ExecRequest {
     pub env: EnvHandle,
     /// Where runs keep machine-wide state (`<cache>/runs`: uid claims).
     pub state_dir: PathBuf,
+    /// The profile's egress allowlist (`network = "allowlist"`); `None`
+    /// leaves the sandbox without any network.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// Why a run could not happen (the `error` status).
@@ -104,12 +107,15 @@ pub enum RunError {
     /// The Docker engine failed.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
-    /// The profile asks for an egress allowlist, which the backends do not
-    /// carry yet: refusing beats running without the network it expects.
+    /// An egress allowlist needs a sandbox to enforce it: without one the
+    /// script would reach every address the host can.
     #[error(
-        "profile '{0}' has network = \"allowlist\", but egress is not yet wired into the sandboxes, so the script would run without the network it needs; use a profile with network = \"none\""
+        "--unsandboxed cannot enforce an egress allowlist (the profile has network = \"allowlist\"): run it sandboxed, or use a profile with network = \"none\""
     )]
-    EgressNotWired(String),
+    EgressUnsandboxed,
+    /// The run's egress proxy could not start.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
     /// The local sandbox's seccomp filter cannot be applied (the run
     /// never starts without it).
     #[error(transparent)]
@@ -117,16 +123,6 @@ pub enum RunError {
     /// A local operation failed.
     #[error("{0}")]
     Io(String),
-}
-
-/// Whether the backends can give a profile the network it asks for.
-pub fn check_network(profile_name: &str, profile: &crate::policy::Profile) -> Result<(), RunError> {
-    match profile.network {
-        crate::policy::Network::None => Ok(()),
-        crate::policy::Network::Allowlist(_) => {
-            Err(RunError::EgressNotWired(profile_name.to_string()))
-        }
-    }
 }
 
 /// A private directory holding only the script, read-only (0444 in a
@@ -197,4 +193,42 @@ pub fn sandbox_binary() -> Result<PathBuf, RunError> {
                 exe.display()
             ))
         })
+}
+
+/// Refusal lines (one per target and reason) added to a run's stderr at
+/// most; the rest are counted.
+const MAX_REFUSAL_LINES: usize = 20;
+
+/// Ends a run's egress: stops its proxy, puts the report in `exec`, and
+/// adds a line per refused target and reason to the script's stderr (and
+/// the sink), so a refusal is never silent.
+pub fn finish_egress(
+    session: Option<crate::egress::EgressSession>,
+    exec: &mut outcome::Execution,
+    sink: &dyn output::OutputSink,
+) {
+    let Some(session) = session else {
+        return;
+    };
+    let report = session.finish();
+    let lines = report.refusal_lines();
+    let mut text = String::new();
+    if !lines.is_empty() && !exec.stderr.is_empty() && !exec.stderr.ends_with(b"\n") {
+        text.push('\n');
+    }
+    for line in lines.iter().take(MAX_REFUSAL_LINES) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if lines.len() > MAX_REFUSAL_LINES {
+        text.push_str(&format!(
+            "scriptbox: egress refused {} more targets (see the outcome's egress list)\n",
+            lines.len() - MAX_REFUSAL_LINES
+        ));
+    }
+    if !text.is_empty() {
+        sink.output(output::Stream::Stderr, text.as_bytes());
+        exec.stderr.extend_from_slice(text.as_bytes());
+    }
+    exec.egress = Some(report);
 }

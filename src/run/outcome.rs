@@ -86,6 +86,8 @@ pub struct Execution {
     pub peak_memory: Option<u64>,
     /// How the limits were enforced (`cgroup`, `rlimit`, `engine`).
     pub enforcement: Vec<String>,
+    /// What the egress proxy saw, for a `network = "allowlist"` profile.
+    pub egress: Option<crate::egress::EgressReport>,
 }
 
 impl Execution {
@@ -170,6 +172,11 @@ pub struct RunOutcome {
     pub message: Option<String>,
     /// For `rejected` because of missing packages: the pip command.
     pub pip_command: Option<String>,
+    /// For a `network = "allowlist"` profile: every connection the script
+    /// opened through the egress proxy, allowed or refused and why, and
+    /// the bytes each way (absent when the profile has no network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressReport>,
 }
 
 impl RunOutcome {
@@ -191,6 +198,7 @@ impl RunOutcome {
             enforcement: Vec::new(),
             message: Some(message),
             pip_command: None,
+            egress: None,
         }
     }
 
@@ -215,6 +223,7 @@ impl RunOutcome {
             enforcement: exec.enforcement,
             message: None,
             pip_command: None,
+            egress: exec.egress,
         }
     }
 }
