@@ -3,11 +3,14 @@
 //!
 //! The container is set up in one place, [`container_config`]: network
 //! `none`; a read-only root file system; a tmpfs `/tmp` of the profile's
-//! size; the unprivileged uid 10001; every capability dropped;
+//! size; scriptbox's init ([`super::init`]) as the first process, as root
+//! with only `CAP_SETUID`/`CAP_SETGID`, starting the script as the
+//! unprivileged uid 10001 with no capability at all;
 //! `no-new-privileges`; the engine's default seccomp profile (never
 //! disabled); pids, memory (memory plus swap equal: no swap) and CPU
 //! limits; ulimits for open files, file size, CPU time and core dumps. The
-//! script's directory is the only host directory mounted, read-only.
+//! script's directory is the only host directory the script can read (the
+//! init's binary and its report directory are bound in too).
 //!
 //! Every container carries scriptbox's labels, with the pid and start time
 //! of the scriptbox process that owns it. It is removed after every run,
@@ -27,6 +30,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::cancel::{CancelReason, CancelToken};
+use super::init::{DockerInit, Ended};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::{OutputSink, Stream};
@@ -34,8 +38,9 @@ use super::{ExecRequest, RunError};
 use crate::engine::{Engine, labels};
 use crate::env::EnvLocation;
 
-/// The uid and gid scripts run as (the base image's `sandbox` user).
-pub const SANDBOX_USER: &str = "10001:10001";
+/// The uid and gid scripts run as (the base image's `sandbox` user); the
+/// init drops to them.
+pub const SANDBOX_UID: u32 = 10001;
 /// Label naming the owner of a run container: `<pid>:<start time>`.
 const OWNER: &str = "io.scriptbox.owner";
 /// Where the script's directory is mounted.
@@ -105,16 +110,20 @@ fn container_config(
     script_dir: &str,
     owner: &str,
     has_stdin: bool,
+    init: &DockerInit,
 ) -> ContainerCreateBody {
     let limits: &Limits = &req.limits;
-    let mut cmd = vec![
+    let mut cmd = DockerInit::words(SANDBOX_UID, SANDBOX_UID);
+    cmd.extend([
         "python3".to_string(),
         "-I".into(),
         "-u".into(),
         "-B".into(),
         format!("{SCRIPT_DIR}/{}", req.script_name),
-    ];
+    ]);
     cmd.extend(req.args.iter().cloned());
+    let mut binds = vec![format!("{script_dir}:{SCRIPT_DIR}:ro")];
+    binds.extend(init.binds());
     let ulimit = |name: &str, value: u64| ResourcesUlimits {
         name: Some(name.into()),
         soft: Some(value as i64),
@@ -123,18 +132,20 @@ fn container_config(
     let cpu = limits.cpu_seconds();
     let host = HostConfig {
         network_mode: Some("none".into()),
-        // A tiny init as pid 1, so the script gets every signal (the
-        // kernel shields pid 1 from CPU-limit signals) and zombies are reaped.
-        init: Some(true),
+        // scriptbox's init is pid 1 (the engine's would hide how the script
+        // ended), so the script gets every signal (the kernel shields pid 1
+        // from CPU-limit signals) and zombies are reaped.
+        init: Some(false),
         readonly_rootfs: Some(true),
         tmpfs: Some(HashMap::from([(
             "/tmp".to_string(),
             format!("rw,nosuid,nodev,size={},mode=1777", limits.tmp),
         )])),
-        binds: Some(vec![format!("{script_dir}:{SCRIPT_DIR}:ro")]),
+        binds: Some(binds),
         // /dev/shm is another writable tmpfs: no larger than /tmp.
         shm_size: Some(limits.tmp as i64),
         cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(DockerInit::caps()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         pids_limit: Some(i64::from(limits.pids)),
         memory: Some(limits.memory as i64),
@@ -155,7 +166,8 @@ fn container_config(
     ContainerCreateBody {
         image: Some(image.into()),
         cmd: Some(cmd),
-        user: Some(SANDBOX_USER.into()),
+        // The init's; the script's is SANDBOX_UID.
+        user: Some("0:0".into()),
         hostname: Some("sandbox".into()),
         working_dir: Some("/tmp".into()),
         env: Some(
@@ -213,6 +225,7 @@ pub fn run(
 
     let script_dir = super::script_dir(req)?;
     let stdin = req.stdin.read()?;
+    let init = DockerInit::new(super::sandbox_binary()?)?;
 
     let body = container_config(
         image,
@@ -220,6 +233,7 @@ pub fn run(
         &script_dir.path().display().to_string(),
         &owner,
         stdin.is_some(),
+        &init,
     );
     let name = format!("scriptbox-run-{}", uuid::Uuid::new_v4());
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -363,17 +377,20 @@ pub fn run(
         if let Some(peak) = peak_memory(id) {
             exec.peak_memory = Some(exec.peak_memory.unwrap_or(0).max(peak));
         }
-        if code > 128 && code - 128 < 32 {
-            exec.signal = Some(signal_name((code - 128) as i32));
-        } else {
-            exec.exit_code = Some(code as i32);
+        // The init's report says exactly how the script ended; without
+        // one (the init was killed), a code above 128 reads as a signal.
+        let report = init.report();
+        let exact = report.is_some();
+        match report.unwrap_or_else(|| Ended::guess(code)) {
+            Ended::Exited(code) => exec.exit_code = Some(code),
+            Ended::Signaled(sig) => exec.signal = Some(signal_name(sig)),
         }
         if let Some(reason) = cancelled {
             exec.cancelled(reason);
         }
-        // Exit code 152 reads as SIGXCPU; with the run's CPU time known, a
-        // script that merely exited 152 is told apart from one stopped for
-        // CPU.
+        // SIGXCPU is the CPU limit only with the run's CPU time near it (a
+        // script can send it to itself). Without a report, exit code 152
+        // reads as SIGXCPU: with too little CPU time, it was a plain exit.
         // Without a sample (a quick exit), the quota bounds the CPU time:
         // wall seconds times cores.
         let cpu_bound = if cpu_seen > 0.0 {
@@ -381,13 +398,14 @@ pub fn run(
         } else {
             exec.seconds * cores
         };
-        if exec.signal.as_deref() == Some("SIGXCPU") && cpu_bound < cpu_limit as f64 * 0.9 {
+        let cpu_plausible = cpu_bound >= cpu_limit as f64 * 0.9;
+        if exec.signal.as_deref() == Some("SIGXCPU") && !cpu_plausible && !exact {
             exec.signal = None;
             exec.exit_code = Some(128 + libc::SIGXCPU);
         }
         exec.status = stopped.or(if oom {
             Some(Status::MemoryLimit)
-        } else if exec.signal.as_deref() == Some("SIGXCPU")
+        } else if (exec.signal.as_deref() == Some("SIGXCPU") && cpu_plausible)
             || (exec.signal.as_deref() == Some("SIGKILL")
                 && cpu_seen >= cpu_limit as f64 * 0.9)
         {
@@ -399,6 +417,7 @@ pub fn run(
         Ok(exec)
     });
     drop(script_dir);
+    drop(init);
     result
 }
 
