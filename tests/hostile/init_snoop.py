@@ -26,7 +26,8 @@ try:
         os.open(f"/proc/1/fd/{fd}", os.O_WRONLY)
         print("ESCAPED: opened pid 1 fd", fd)
 except OSError as e:
-    print("pid 1 fds BLOCKED", errno.errorcode.get(e.errno))
+    print("pid 1 fds BLOCKED")
+    print("errno:", errno.errorcode.get(e.errno))
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
 PTRACE_ATTACH, PTRACE_DETACH = 16, 17
@@ -34,18 +35,21 @@ if libc.ptrace(ctypes.c_long(PTRACE_ATTACH), 1, None, None) == 0:
     print("ESCAPED: attached to pid 1")
     libc.ptrace(ctypes.c_long(PTRACE_DETACH), 1, None, None)
 else:
-    print("pid 1 ptrace BLOCKED", errno.errorcode.get(ctypes.get_errno()))
+    print("pid 1 ptrace BLOCKED")
+    print("errno:", errno.errorcode.get(ctypes.get_errno()))
 try:
     os.kill(1, signal.SIGKILL)
     print("pid 1 kill sent")
 except OSError as e:
-    print("pid 1 kill BLOCKED", errno.errorcode.get(e.errno))
+    print("pid 1 kill BLOCKED")
+    print("errno:", errno.errorcode.get(e.errno))
 try:
     with open("/run/scriptbox/report/status", "w") as f:
         f.write("exited 0\n")
     print("ESCAPED: wrote the init's report")
 except OSError as e:
-    print("report file BLOCKED", errno.errorcode.get(e.errno))
+    print("report file BLOCKED")
+    print("errno:", errno.errorcode.get(e.errno))
 import time
 time.sleep(0.2)
 print("pid 1 signal ignored")
