@@ -20,9 +20,11 @@
 //! - memory, pids and CPU through a cgroup where the machine lets us
 //!   ([`RunCgroup`]), rlimits always (core 0, open files, file size, CPU
 //!   time, and processes per uid; memory when there is no cgroup);
-//! - the whole process tree killed at the wall limit: bwrap's init is the
-//!   pid namespace's first process, and when it dies the kernel kills every
-//!   process in the namespace, double-forked ones included.
+//! - scriptbox's init ([`super::init`]) as the pid namespace's first
+//!   process (`--as-pid-1`), which reports how the script ended;
+//! - the whole process tree killed at the wall limit: when bwrap is killed
+//!   its init dies with it, and the kernel then kills every process in the
+//!   namespace, double-forked ones included.
 
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
