@@ -70,6 +70,10 @@ enum Command {
     /// proxy port, transparent listeners), piping to the host proxy.
     #[command(hide = true)]
     EgressRelay(cli::egress_relay::EgressRelayArgs),
+    /// Internal: the first process of a sandbox, which starts the script,
+    /// forwards signals, reaps orphans and reports how the script ended.
+    #[command(hide = true)]
+    SandboxInit(cli::sandbox_init::SandboxInitArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run_serve(args),
         Command::Token(command) => cli::serve::run_token(command),
         Command::EgressRelay(args) => cli::egress_relay::run(args),
+        Command::SandboxInit(args) => cli::sandbox_init::run(args),
     }
 }
 

@@ -4,7 +4,8 @@
 //! its `# expect:` line names, print every line its `# stdout:` lines name
 //! (`# stdout-local:` and `# stdout-docker:` for one backend; how the
 //! seccomp cases show the local filter answered, and what the engine's
-//! default profile answers), print no `ESCAPED`, and leave the host as it
+//! default profile answers), report the `# exit-code:` and `# signal:` its
+//! lines name, if any, print no `ESCAPED`, and leave the host as it
 //! was: no process or container left, no planted secret or host variable in
 //! its output, no connection to the host's loopback listener, the shared
 //! environment intact, a host process of ours still alive.
@@ -46,6 +47,15 @@ fn expected_lines(script: &Path, backend: &str) -> Vec<String> {
         })
         .map(|l| l.trim().to_string())
         .collect()
+}
+
+/// The value of `script`'s `# <key>: ` line, if it has one.
+fn directive(script: &Path, key: &str) -> Option<String> {
+    let prefix = format!("# {key}: ");
+    fs::read_to_string(script)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_string()))
 }
 
 /// Processes on the host whose real uid is in the local backend's range.
@@ -229,6 +239,20 @@ fn hostile_scripts_are_contained_on_both_backends() {
             failures.push(format!(
                 "{name} on {backend}: {status}, expected {want}: {r}"
             ));
+        }
+        if let Some(code) = directive(&path, "exit-code") {
+            if r["exit_code"].to_string() != code {
+                failures.push(format!(
+                    "{name} on {backend}: exit code, expected {code}: {r}"
+                ));
+            }
+        }
+        if let Some(signal) = directive(&path, "signal") {
+            if r["signal"].as_str() != Some(signal.as_str()) {
+                failures.push(format!(
+                    "{name} on {backend}: signal, expected {signal}: {r}"
+                ));
+            }
         }
         for line in expected_lines(&path, backend) {
             if !stdout.lines().any(|l| l == line) {

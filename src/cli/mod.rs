@@ -14,6 +14,7 @@ pub mod image;
 pub mod policy;
 pub mod progress;
 pub mod run;
+pub mod sandbox_init;
 pub mod serve;
 pub mod stats;
 pub mod validate;

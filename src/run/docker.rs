@@ -3,11 +3,14 @@
 //!
 //! The container is set up in one place, [`container_config`]: network
 //! `none`; a read-only root file system; a tmpfs `/tmp` of the profile's
-//! size; the unprivileged uid 10001; every capability dropped;
+//! size; scriptbox's init ([`super::init`]) as the first process, as root
+//! with only `CAP_SETUID`/`CAP_SETGID`, starting the script as the
+//! unprivileged uid 10001 with no capability at all;
 //! `no-new-privileges`; the engine's default seccomp profile (never
 //! disabled); pids, memory (memory plus swap equal: no swap) and CPU
 //! limits; ulimits for open files, file size, CPU time and core dumps. The
-//! script's directory is the only host directory mounted, read-only.
+//! script's directory is the only host directory the script can read (the
+//! init's binary and its report directory are bound in too).
 //!
 //! Every container carries scriptbox's labels, with the pid and start time
 //! of the scriptbox process that owns it. It is removed after every run,
@@ -16,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -28,17 +30,19 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::cancel::{CancelReason, CancelToken};
+use super::init::{DockerInit, Ended};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::{OutputSink, Stream};
 use super::{ExecRequest, RunError};
 use crate::egress::EgressSession;
-use crate::egress::session::{SANDBOX_BINARY, SANDBOX_DIR};
+use crate::egress::session::SANDBOX_DIR;
 use crate::engine::{Engine, labels};
 use crate::env::EnvLocation;
 
-/// The uid and gid scripts run as (the base image's `sandbox` user).
-pub const SANDBOX_USER: &str = "10001:10001";
+/// The uid and gid scripts run as (the base image's `sandbox` user); the
+/// init drops to them.
+pub const SANDBOX_UID: u32 = 10001;
 /// Label naming the owner of a run container: `<pid>:<start time>`.
 const OWNER: &str = "io.scriptbox.owner";
 /// Where the script's directory is mounted.
@@ -108,26 +112,26 @@ fn container_config(
     script_dir: &str,
     owner: &str,
     has_stdin: bool,
-    egress: Option<(PathBuf, &EgressSession)>,
+    init: &DockerInit,
+    egress: Option<&EgressSession>,
 ) -> ContainerCreateBody {
     let limits: &Limits = &req.limits;
-    let mut binds = vec![format!("{script_dir}:{SCRIPT_DIR}:ro")];
+    let mut egress_binds = Vec::new();
     let mut env: Vec<String> = limits
         .environment()
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    let mut cmd = DockerInit::words(SANDBOX_UID, SANDBOX_UID);
     // The network's one way out (the container's network stays `none`):
-    // the relay beside the script, the host proxy's socket in the session
-    // directory, and name lookups sent to the relay's stub. The engine
-    // lets containers bind ports below 1024, so the relay needs no
-    // capability for its DNS port.
-    let mut cmd = Vec::new();
-    if let Some((binary, session)) = egress {
-        binds.push(format!("{}:{SANDBOX_BINARY}:ro", binary.display()));
-        binds.push(format!("{}:{SANDBOX_DIR}:ro", session.host_dir().display()));
+    // the relay beside the script (the init's binary, bound already), the
+    // host proxy's socket in the session directory, and name lookups sent
+    // to the relay's stub. The engine lets containers bind ports below
+    // 1024, so the relay needs no capability for its DNS port.
+    if let Some(session) = egress {
+        egress_binds.push(format!("{}:{SANDBOX_DIR}:ro", session.host_dir().display()));
         for (file, target) in session.etc_files() {
-            binds.push(format!("{}:{target}:ro", file.display()));
+            egress_binds.push(format!("{}:{target}:ro", file.display()));
         }
         env.extend(
             session
@@ -145,6 +149,9 @@ fn container_config(
         format!("{SCRIPT_DIR}/{}", req.script_name),
     ]);
     cmd.extend(req.args.iter().cloned());
+    let mut binds = vec![format!("{script_dir}:{SCRIPT_DIR}:ro")];
+    binds.extend(init.binds());
+    binds.extend(egress_binds);
     let ulimit = |name: &str, value: u64| ResourcesUlimits {
         name: Some(name.into()),
         soft: Some(value as i64),
@@ -153,9 +160,10 @@ fn container_config(
     let cpu = limits.cpu_seconds();
     let host = HostConfig {
         network_mode: Some("none".into()),
-        // A tiny init as pid 1, so the script gets every signal (the
-        // kernel shields pid 1 from CPU-limit signals) and zombies are reaped.
-        init: Some(true),
+        // scriptbox's init is pid 1 (the engine's would hide how the script
+        // ended), so the script gets every signal (the kernel shields pid 1
+        // from CPU-limit signals) and zombies are reaped.
+        init: Some(false),
         readonly_rootfs: Some(true),
         tmpfs: Some(HashMap::from([(
             "/tmp".to_string(),
@@ -165,6 +173,7 @@ fn container_config(
         // /dev/shm is another writable tmpfs: no larger than /tmp.
         shm_size: Some(limits.tmp as i64),
         cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(DockerInit::caps()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         pids_limit: Some(i64::from(limits.pids)),
         memory: Some(limits.memory as i64),
@@ -185,7 +194,8 @@ fn container_config(
     ContainerCreateBody {
         image: Some(image.into()),
         cmd: Some(cmd),
-        user: Some(SANDBOX_USER.into()),
+        // The init's; the script's is SANDBOX_UID.
+        user: Some("0:0".into()),
         hostname: Some("sandbox".into()),
         working_dir: Some("/tmp".into()),
         env: Some(env),
@@ -237,19 +247,17 @@ pub fn run(
 
     let script_dir = super::script_dir(req)?;
     let stdin = req.stdin.read()?;
+    let init = DockerInit::new(super::sandbox_binary()?)?;
 
     let session = req.egress.clone().map(EgressSession::start).transpose()?;
-    let egress = match &session {
-        Some(session) => Some((super::sandbox_binary()?, session)),
-        None => None,
-    };
     let body = container_config(
         image,
         req,
         &script_dir.path().display().to_string(),
         &owner,
         stdin.is_some(),
-        egress,
+        &init,
+        session.as_ref(),
     );
     let name = format!("scriptbox-run-{}", uuid::Uuid::new_v4());
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -393,17 +401,20 @@ pub fn run(
         if let Some(peak) = peak_memory(id) {
             exec.peak_memory = Some(exec.peak_memory.unwrap_or(0).max(peak));
         }
-        if code > 128 && code - 128 < 32 {
-            exec.signal = Some(signal_name((code - 128) as i32));
-        } else {
-            exec.exit_code = Some(code as i32);
+        // The init's report says exactly how the script ended; without
+        // one (the init was killed), a code above 128 reads as a signal.
+        let report = init.report();
+        let exact = report.is_some();
+        match report.unwrap_or_else(|| Ended::guess(code)) {
+            Ended::Exited(code) => exec.exit_code = Some(code),
+            Ended::Signaled(sig) => exec.signal = Some(signal_name(sig)),
         }
         if let Some(reason) = cancelled {
             exec.cancelled(reason);
         }
-        // Exit code 152 reads as SIGXCPU; with the run's CPU time known, a
-        // script that merely exited 152 is told apart from one stopped for
-        // CPU.
+        // SIGXCPU is the CPU limit only with the run's CPU time near it (a
+        // script can send it to itself). Without a report, exit code 152
+        // reads as SIGXCPU: with too little CPU time, it was a plain exit.
         // Without a sample (a quick exit), the quota bounds the CPU time:
         // wall seconds times cores.
         let cpu_bound = if cpu_seen > 0.0 {
@@ -411,13 +422,14 @@ pub fn run(
         } else {
             exec.seconds * cores
         };
-        if exec.signal.as_deref() == Some("SIGXCPU") && cpu_bound < cpu_limit as f64 * 0.9 {
+        let cpu_plausible = cpu_bound >= cpu_limit as f64 * 0.9;
+        if exec.signal.as_deref() == Some("SIGXCPU") && !cpu_plausible && !exact {
             exec.signal = None;
             exec.exit_code = Some(128 + libc::SIGXCPU);
         }
         exec.status = stopped.or(if oom {
             Some(Status::MemoryLimit)
-        } else if exec.signal.as_deref() == Some("SIGXCPU")
+        } else if (exec.signal.as_deref() == Some("SIGXCPU") && cpu_plausible)
             || (exec.signal.as_deref() == Some("SIGKILL")
                 && cpu_seen >= cpu_limit as f64 * 0.9)
         {
@@ -433,6 +445,7 @@ pub fn run(
         super::finish_egress(session, exec, sink);
     }
     drop(script_dir);
+    drop(init);
     result
 }
 

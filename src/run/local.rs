@@ -20,9 +20,11 @@
 //! - memory, pids and CPU through a cgroup where the machine lets us
 //!   ([`RunCgroup`]), rlimits always (core 0, open files, file size, CPU
 //!   time, and processes per uid; memory when there is no cgroup);
-//! - the whole process tree killed at the wall limit: bwrap's init is the
-//!   pid namespace's first process, and when it dies the kernel kills every
-//!   process in the namespace, double-forked ones included.
+//! - scriptbox's init ([`super::init`]) as the pid namespace's first
+//!   process (`--as-pid-1`), which reports how the script ended;
+//! - the whole process tree killed at the wall limit: when bwrap is killed
+//!   its init dies with it, and the kernel then kills every process in the
+//!   namespace, double-forked ones included.
 
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -33,13 +35,14 @@ use std::time::Instant;
 use super::cancel::{CancelReason, CancelToken};
 use super::capture::Capture;
 use super::cgroup::{RunCgroup, join_current};
+use super::init::{Ended, LocalInit};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::OutputSink;
 use super::seccomp::{self, Filters};
 use super::{ExecRequest, RunError};
 use crate::egress::EgressSession;
-use crate::egress::session::{SANDBOX_BINARY, SANDBOX_DIR};
+use crate::egress::session::SANDBOX_DIR;
 use crate::env::EnvLocation;
 
 /// The first uid handed to runs; each run gets one of 65536 from here.
@@ -143,10 +146,10 @@ fn make_parents(path: &Path, made: &mut Vec<PathBuf>, args: &mut Vec<String>) {
     }
 }
 
-/// What the jail mounts and starts for a run's egress: the scriptbox
-/// binary (the relay is its hidden command) and the run's session.
+/// What the jail mounts and starts for a run's egress: the run's session
+/// (the relay is a hidden command of the scriptbox binary the init's bind
+/// already puts at /run/scriptbox/scriptbox).
 struct EgressJail<'a> {
-    binary: PathBuf,
     session: &'a EgressSession,
 }
 
@@ -228,19 +231,10 @@ fn jail_args(
     let mut caps = vec!["CAP_SETUID", "CAP_SETGID"];
     if let Some(egress) = egress {
         let mut made = vec![PathBuf::from("/etc")];
-        make_parents(Path::new(SANDBOX_BINARY), &mut made, &mut a);
         make_parents(&Path::new(SANDBOX_DIR).join("x"), &mut made, &mut a);
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        let binary = egress.binary.display().to_string();
         let dir = egress.session.host_dir().display().to_string();
-        push(&[
-            "--ro-bind",
-            &binary,
-            SANDBOX_BINARY,
-            "--ro-bind",
-            &dir,
-            SANDBOX_DIR,
-        ]);
+        push(&["--ro-bind", &dir, SANDBOX_DIR]);
         for (file, target) in egress.session.etc_files() {
             push(&["--ro-bind", &file.display().to_string(), target]);
         }
@@ -376,15 +370,8 @@ pub fn run(
     binds.retain(|b| !b.starts_with("/usr"));
     let cgroup = RunCgroup::create(&run_id.to_string(), &req.limits);
     let session = req.egress.clone().map(EgressSession::start).transpose()?;
-    let egress = match &session {
-        Some(session) => Some(EgressJail {
-            binary: super::sandbox_binary()?,
-            session,
-        }),
-        None => None,
-    };
-    let mut cmd = Command::new(&bwrap);
-    cmd.args(jail_args(
+    let egress = session.as_ref().map(|session| EgressJail { session });
+    let jail = jail_args(
         req,
         script_dir.path(),
         &binds,
@@ -393,12 +380,16 @@ pub fn run(
         as_root,
         &filters.fds(),
         egress.as_ref(),
-    ))
-    .arg(python)
-    .args(["-I", "-u", "-B"])
-    .arg(format!("{SCRIPT_DIR}/{}", req.script_name))
-    .args(&req.args)
-    .env_clear();
+    );
+    let mut command: Vec<std::ffi::OsString> = vec![python.into()];
+    command.extend(["-I", "-u", "-B"].map(Into::into));
+    command.push(format!("{SCRIPT_DIR}/{}", req.script_name).into());
+    command.extend(req.args.iter().map(Into::into));
+    let (jail, mut init) = super::init::local_jail(jail, command, &super::sandbox_binary()?)?;
+    let mut cmd = Command::new(&bwrap);
+    cmd.args(jail).env_clear();
+    let mut inherited = filters.fds();
+    inherited.extend(init.child_fds());
     let enforcement = vec![
         cgroup
             .as_ref()
@@ -411,7 +402,8 @@ pub fn run(
         req,
         cgroup.as_ref(),
         enforcement,
-        &filters.fds(),
+        &inherited,
+        Some(&mut init),
         cancel,
         sink,
     );
@@ -426,13 +418,17 @@ pub fn run(
 
 /// Starts `cmd` under the limits (joining `cgroup` when there is one),
 /// captures its output, stops it at the wall or output limit, and works out
-/// how it ended.
+/// how it ended: from `init`'s report in the sandbox, from the wait status
+/// without one (the script is then `cmd` itself). `inherited_fds` (seccomp
+/// filters, the init's) stay open in the child.
+#[allow(clippy::too_many_arguments)]
 fn supervise(
     mut cmd: Command,
     req: &ExecRequest,
     cgroup: Option<&RunCgroup>,
     mut enforcement: Vec<String>,
-    seccomp_fds: &[i32],
+    inherited_fds: &[i32],
+    mut init: Option<&mut LocalInit>,
     cancel: &CancelToken,
     sink: &dyn OutputSink,
 ) -> Result<Execution, RunError> {
@@ -449,12 +445,15 @@ fn supervise(
     let fds = cgroup.map(|c| c.procs_fds()).unwrap_or_default();
     // SAFETY: the closure only calls write, fcntl, setrlimit and prctl.
     unsafe {
-        cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some(), seccomp_fds));
+        cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some(), inherited_fds));
     }
     let started = Instant::now();
     let mut child = cmd
         .spawn()
         .map_err(|e| RunError::Io(format!("starting {:?}: {e}", cmd.get_program())))?;
+    if let Some(init) = init.as_mut() {
+        init.started();
+    }
     let capture = Capture::start(
         child.stdout.take().expect("stdout is piped"),
         child.stderr.take().expect("stderr is piped"),
@@ -509,15 +508,20 @@ fn supervise(
         enforcement,
         ..Execution::default()
     };
-    // bwrap reports the script's exit code, or 128 + the signal that
-    // ended it.
-    match (status.code(), status.signal()) {
-        (Some(code), _) if code > 128 && code - 128 < 32 => {
-            exec.signal = Some(signal_name(code - 128));
-        }
-        (Some(code), _) => exec.exit_code = Some(code),
-        (None, Some(sig)) => exec.signal = Some(signal_name(sig)),
-        (None, None) => {}
+    // The init's report says exactly how the script ended; without one
+    // (the init was killed) bwrap's code is all there is, and a code
+    // above 128 reads as a signal.
+    let (ended, exact) = match init.as_ref() {
+        Some(init) => match init.report() {
+            Some(ended) => (Some(ended), true),
+            None => (status.code().map(|c| Ended::guess(c.into())), false),
+        },
+        None => (Ended::from_wait(status), true),
+    };
+    match ended {
+        Some(Ended::Exited(code)) => exec.exit_code = Some(code),
+        Some(Ended::Signaled(sig)) => exec.signal = Some(signal_name(sig)),
+        None => exec.signal = status.signal().map(signal_name),
     }
     if let Some(reason) = cancelled {
         exec.cancelled(reason);
@@ -529,20 +533,21 @@ fn supervise(
     // time tells.
     let used = cgroup.and_then(RunCgroup::cpu_seconds);
     let cpu_spent = used.is_some_and(|used| used >= req.limits.cpu_seconds() as f64 * 0.9);
-    // Exit code 152 reads as SIGXCPU; with the run's CPU time known, a
-    // script that merely exited 152 is told apart from one stopped for CPU.
+    // SIGXCPU is the CPU limit only with the run's CPU time near it (a
+    // script can send it to itself). Without a report, exit code 152 reads
+    // as SIGXCPU: with too little CPU time, it was a plain exit.
     // Without a cgroup, the host's cores bound the CPU time instead.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let possible = used.unwrap_or(exec.seconds * cores);
-    if exec.signal.as_deref() == Some("SIGXCPU") && possible < req.limits.cpu_seconds() as f64 * 0.9
-    {
+    let cpu_plausible = possible >= req.limits.cpu_seconds() as f64 * 0.9;
+    if exec.signal.as_deref() == Some("SIGXCPU") && !cpu_plausible && !exact {
         exec.signal = None;
         exec.exit_code = Some(128 + libc::SIGXCPU);
     }
     exec.status = stopped.or_else(|| {
         if oom {
             Some(Status::MemoryLimit)
-        } else if exec.signal.as_deref() == Some("SIGXCPU")
+        } else if (exec.signal.as_deref() == Some("SIGXCPU") && cpu_plausible)
             || (exec.signal.as_deref() == Some("SIGKILL") && cpu_spent)
         {
             Some(Status::CpuLimit)
@@ -607,5 +612,14 @@ pub fn run_unsandboxed(
         "unsandboxed".to_string(),
     ];
     enforcement.dedup();
-    supervise(cmd, req, cgroup.as_ref(), enforcement, &[], cancel, sink)
+    supervise(
+        cmd,
+        req,
+        cgroup.as_ref(),
+        enforcement,
+        &[],
+        None,
+        cancel,
+        sink,
+    )
 }

@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod capture;
 pub mod cgroup;
 pub mod docker;
+pub mod init;
 pub mod limits;
 pub mod local;
 pub mod outcome;

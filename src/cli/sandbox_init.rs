@@ -1,0 +1,59 @@
+//! `scriptbox sandbox-init` (hidden): the first process of every sandbox,
+//! which starts the script's command, forwards signals to it, reaps
+//! orphans and reports how the command ended
+//! ([`scriptbox::run::init`]).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use scriptbox::run::init::{InitConfig, InitError, ReportTo, run_init};
+
+use super::EXIT_USAGE;
+
+/// `scriptbox sandbox-init` arguments.
+#[derive(clap::Args)]
+pub struct SandboxInitArgs {
+    /// Write the report to this inherited descriptor.
+    #[arg(long, value_name = "FD")]
+    status_fd: Option<i32>,
+    /// Write the report to this file (created; must not exist).
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
+    /// Read the command from this descriptor (NUL-separated words).
+    #[arg(long, value_name = "FD")]
+    command_fd: Option<i32>,
+    /// The uid the command runs as.
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    /// The gid the command runs as.
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
+    /// The command.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+/// Runs the init.
+pub fn run(args: SandboxInitArgs) -> ExitCode {
+    let report = match (args.status_fd, args.status_file) {
+        (Some(fd), None) => ReportTo::Fd(fd),
+        (None, Some(path)) => ReportTo::File(path),
+        _ => return fail(&InitError::NoReport),
+    };
+    let config = InitConfig {
+        report,
+        command_fd: args.command_fd,
+        user: args.uid.zip(args.gid),
+        command: args.command,
+    };
+    match run_init(config) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &InitError) -> ExitCode {
+    eprintln!("scriptbox: sandbox init: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
