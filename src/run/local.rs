@@ -407,7 +407,6 @@ pub fn run(
         cancel,
         sink,
     );
-    drop(egress);
     if let Ok(exec) = exec.as_mut() {
         super::finish_egress(session, exec, sink);
     }
