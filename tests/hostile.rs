@@ -240,19 +240,19 @@ fn hostile_scripts_are_contained_on_both_backends() {
                 "{name} on {backend}: {status}, expected {want}: {r}"
             ));
         }
-        if let Some(code) = directive(&path, "exit-code") {
-            if r["exit_code"].to_string() != code {
-                failures.push(format!(
-                    "{name} on {backend}: exit code, expected {code}: {r}"
-                ));
-            }
+        if let Some(code) = directive(&path, "exit-code")
+            && r["exit_code"].as_i64() != code.parse::<i64>().ok()
+        {
+            failures.push(format!(
+                "{name} on {backend}: exit code, expected {code}: {r}"
+            ));
         }
-        if let Some(signal) = directive(&path, "signal") {
-            if r["signal"].as_str() != Some(signal.as_str()) {
-                failures.push(format!(
-                    "{name} on {backend}: signal, expected {signal}: {r}"
-                ));
-            }
+        if let Some(signal) = directive(&path, "signal")
+            && r["signal"].as_str() != Some(signal.as_str())
+        {
+            failures.push(format!(
+                "{name} on {backend}: signal, expected {signal}: {r}"
+            ));
         }
         for line in expected_lines(&path, backend) {
             if !stdout.lines().any(|l| l == line) {
