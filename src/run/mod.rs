@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod capture;
 pub mod cgroup;
 pub mod docker;
+pub mod gvisor;
 pub mod limits;
 pub mod local;
 pub mod outcome;
@@ -98,6 +99,16 @@ pub enum RunError {
         "bubblewrap (bwrap) is not installed, so the local sandbox cannot start: install it (`apt-get install bubblewrap`), use --backend docker, or pass --unsandboxed to run without a sandbox"
     )]
     NoBwrap,
+    /// The profile asks for gVisor and `runsc` is missing.
+    #[error(
+        "the profile has isolation = \"gvisor\", but runsc (gVisor) is not installed: install it (`apt-get install runsc`, or scripts/setup), or use a profile with isolation = \"namespaces\""
+    )]
+    NoRunsc,
+    /// gVisor on the local backend needs root.
+    #[error(
+        "the profile has isolation = \"gvisor\", and runsc on the local backend needs root (it sets up the sandbox's namespaces and cgroup): run scriptbox as root, use --backend docker (the engine's runsc runtime), or use a profile with isolation = \"namespaces\""
+    )]
+    GvisorNeedsRoot,
     /// The environment is not usable by this backend.
     #[error("environment: {0}")]
     Environment(String),
