@@ -178,23 +178,15 @@ fn contained(policy: &Path, prefix: &str) {
 
     let scriptbox = |script: &Path, backend: &str| {
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "run",
-            "--format",
-            "json",
-            "--policy",
-        ])
-        .arg(policy)
-        .args([
-            "--backend",
-            backend,
-        ])
-        .args(["--python", &python()])
-        .arg(script)
-        .current_dir(repo())
-        .env("SCRIPTBOX_CACHE_DIR", cache.path())
-        .env("SCRIPTBOX_HOSTILE_MARKER", &marker)
-        .stdin(Stdio::null());
+        cmd.args(["run", "--format", "json", "--policy"])
+            .arg(policy)
+            .args(["--backend", backend])
+            .args(["--python", &python()])
+            .arg(script)
+            .current_dir(repo())
+            .env("SCRIPTBOX_CACHE_DIR", cache.path())
+            .env("SCRIPTBOX_HOSTILE_MARKER", &marker)
+            .stdin(Stdio::null());
         cmd.arg("--");
         match script.file_stem().unwrap().to_str().unwrap() {
             "read_planted" => {
@@ -275,7 +267,11 @@ fn contained(policy: &Path, prefix: &str) {
         "backend",
         "status",
         "seconds",
-        if prefix.is_empty() { "namespaces" } else { "gvisor" }
+        if prefix.is_empty() {
+            "namespaces"
+        } else {
+            "gvisor"
+        }
     );
     for ((name, backend), r) in results.iter() {
         let status = r["status"].as_str().unwrap_or("?");

@@ -20,8 +20,7 @@ use toml_edit::{Item, TableLike, Value};
 
 use super::{
     AllowEntry, DEFAULT_INDEX, DEFAULT_PLATFORM, DenyEntry, Diagnostic, InstallOptions, Isolation,
-    Network,
-    Policy, Position, Profile, PythonTarget, Severity,
+    Network, Policy, Position, Profile, PythonTarget, Severity,
 };
 use crate::units::{parse_duration, parse_size};
 

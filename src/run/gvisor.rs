@@ -384,7 +384,14 @@ mod tests {
             Mount::Script(dir.path().to_path_buf()),
         ];
         prepare_rootfs(&root, &mounts).unwrap();
-        for point in ["proc", "dev", "tmp", "usr", "sandbox", "opt/scriptbox-test/layer"] {
+        for point in [
+            "proc",
+            "dev",
+            "tmp",
+            "usr",
+            "sandbox",
+            "opt/scriptbox-test/layer",
+        ] {
             assert!(root.join(point).is_dir(), "{point}");
         }
         // Below /usr, the host's /usr provides the mount point.

@@ -33,11 +33,11 @@ use std::time::Instant;
 use super::cancel::{CancelReason, CancelToken};
 use super::capture::Capture;
 use super::cgroup::{RunCgroup, join_current};
+use super::gvisor;
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::OutputSink;
 use super::seccomp::{self, Filters};
-use super::gvisor;
 use super::{ExecRequest, RunError};
 use crate::env::EnvLocation;
 use crate::policy::Isolation;
@@ -607,5 +607,13 @@ pub fn run_unsandboxed(
         "unsandboxed".to_string(),
     ];
     enforcement.dedup();
-    supervise(cmd, req, cgroup.as_ref(), enforcement, Some(&[]), cancel, sink)
+    supervise(
+        cmd,
+        req,
+        cgroup.as_ref(),
+        enforcement,
+        Some(&[]),
+        cancel,
+        sink,
+    )
 }
