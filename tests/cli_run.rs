@@ -485,8 +485,8 @@ fn the_examples_and_the_scientific_stack_run_under_the_local_seccomp_filter() {
     }
 }
 
-/// A policy like tests/policies/hostile.toml whose default profile runs
-/// under gVisor.
+/// A policy like tests/policies/hostile.toml (and its lock) whose default
+/// profile runs under gVisor.
 fn gvisor_policy(dir: &Path) -> String {
     let text = fs::read_to_string(repo().join("tests/policies/hostile.toml")).unwrap();
     let text = text.replace(
@@ -495,6 +495,13 @@ fn gvisor_policy(dir: &Path) -> String {
     );
     let path = dir.join("gvisor.toml");
     fs::write(&path, text).unwrap();
+    // The same pins (the lock reads as stale, a warning: only a profile
+    // changed).
+    fs::copy(
+        repo().join("tests/policies/hostile.lock"),
+        dir.join("gvisor.lock"),
+    )
+    .unwrap();
     path.display().to_string()
 }
 
