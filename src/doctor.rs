@@ -472,6 +472,7 @@ fn check_cgroups() -> Check {
         wall_time: Duration::from_secs(1),
         output: 1 << 20,
         tmp: 1 << 20,
+        isolation: crate::policy::Isolation::Namespaces,
     };
     let id = format!("doctor-{}", std::process::id());
     let fix_key = if version == "cgroup-v2" {

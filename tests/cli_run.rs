@@ -518,3 +518,108 @@ fn the_examples_and_the_scientific_stack_run_under_the_local_seccomp_filter() {
         assert_eq!(r["status"], "succeeded", "{example}: {r}");
     }
 }
+
+/// A policy like tests/policies/hostile.toml (and its lock) whose default
+/// profile runs under gVisor.
+fn gvisor_policy(dir: &Path) -> String {
+    let text = fs::read_to_string(repo().join("tests/policies/hostile.toml")).unwrap();
+    let text = text.replace(
+        "network = \"none\"\n",
+        "network = \"none\"\nisolation = \"gvisor\"\n",
+    );
+    let path = dir.join("gvisor.toml");
+    fs::write(&path, text).unwrap();
+    // The same pins (the lock reads as stale, a warning: only a profile
+    // changed).
+    fs::copy(
+        repo().join("tests/policies/hostile.lock"),
+        dir.join("gvisor.lock"),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn gvisor_runs_and_limits_scripts_on_both_backends() {
+    let _turn = engine_turn();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = gvisor_policy(dir.path());
+    let hello = script(
+        dir.path(),
+        "hello.py",
+        "import os\nprint('hello', os.uname().release)\n",
+    );
+    let hog = script(
+        dir.path(),
+        "hog.py",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(8 << 20))\n",
+    );
+    let sleeper = script(dir.path(), "sleeper.py", "import time\ntime.sleep(60)\n");
+    for backend in ["local", "docker"] {
+        let outcome = |path: &str| {
+            json(
+                &run(
+                    cache.path(),
+                    &[
+                        path,
+                        "--policy",
+                        &policy,
+                        "--backend",
+                        backend,
+                        "--format",
+                        "json",
+                    ],
+                )
+                .output()
+                .unwrap(),
+            )
+        };
+        let r = outcome(&hello);
+        assert_eq!(r["status"], "succeeded", "{backend}: {r}");
+        assert_eq!(r["schema"], "scriptbox.run/1");
+        // gVisor's kernel answers uname, not the host's.
+        let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let stdout = r["stdout"].as_str().unwrap();
+        assert!(stdout.starts_with("hello "), "{backend}: {r}");
+        assert!(!stdout.contains(host.trim()), "{backend}: {r}");
+        assert_eq!(r["enforcement"][0], "gvisor", "{backend}: {r}");
+        let r = outcome(&hog);
+        assert_eq!(r["status"], "memory-limit", "{backend}: {r}");
+        let r = outcome(&sleeper);
+        assert_eq!(r["status"], "timed-out", "{backend}: {r}");
+    }
+}
+
+#[test]
+fn gvisor_without_runsc_fails_with_the_fix() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = gvisor_policy(dir.path());
+    let hello = script(dir.path(), "hello.py", "print('hello')\n");
+    // A PATH with bwrap and python but no runsc.
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    for tool in ["bwrap", "setpriv"] {
+        if let Some(found) = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.is_file())
+        {
+            std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+        }
+    }
+    let out = run(
+        cache.path(),
+        &[&hello, "--policy", &policy, "--format", "json"],
+    )
+    .env("PATH", &bin)
+    .output()
+    .unwrap();
+    let r = json(&out);
+    assert_eq!(r["status"], "error", "{r}");
+    let message = r["message"].as_str().unwrap();
+    assert!(message.contains("runsc"), "{message}");
+    assert!(message.contains("apt-get install runsc"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}

@@ -187,3 +187,43 @@ fn stdin_bytes_reach_the_script_on_both_backends() {
         assert_eq!(outcome.stdout, "CLOSE,1.5\n");
     }
 }
+
+#[test]
+fn an_allowlist_profile_is_refused_unsandboxed_and_under_gvisor_before_anything_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("tests/policies/tiny.toml")).unwrap()
+        + "\n[profiles.egress]\nnetwork = \"allowlist\"\negress = [\"api.exchange.test\"]\n\n\
+           [profiles.egress-gvisor]\nnetwork = \"allowlist\"\negress = [\"api.exchange.test\"]\nisolation = \"gvisor\"\n";
+    let path = dir.path().join("egress.toml");
+    let (policy, _) = scriptbox::policy::load_text(&path, &text).expect("the policy loads");
+    let mut req = request("print('hi')\n", Backend::Local, cache.path());
+    req.policy = Arc::new(policy);
+    req.profile = "egress-gvisor".into();
+    let refused = *scriptbox::pipeline::check(&req).err().expect("refused");
+    assert_eq!(refused.status, Status::Error);
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("not carried under gVisor"),
+        "{refused:?}"
+    );
+    req.profile = "egress".into();
+    req.unsandboxed = true;
+    let refused = *scriptbox::pipeline::check(&req).err().expect("refused");
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("--unsandboxed cannot enforce"),
+        "{refused:?}"
+    );
+    req.unsandboxed = false;
+    assert!(
+        scriptbox::pipeline::check(&req).is_ok(),
+        "sandboxed, it may run"
+    );
+}

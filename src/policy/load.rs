@@ -19,8 +19,8 @@ use ruff_text_size::TextSize;
 use toml_edit::{Item, TableLike, Value};
 
 use super::{
-    AllowEntry, DEFAULT_INDEX, DEFAULT_PLATFORM, DenyEntry, Diagnostic, InstallOptions, Network,
-    Policy, Position, Profile, PythonTarget, Severity,
+    AllowEntry, DEFAULT_INDEX, DEFAULT_PLATFORM, DenyEntry, Diagnostic, InstallOptions, Isolation,
+    Network, Policy, Position, Profile, PythonTarget, Severity,
 };
 use crate::units::{parse_duration, parse_size};
 
@@ -168,6 +168,7 @@ const PROFILE_KEYS: &[&str] = &[
     "output",
     "tmp",
     "network",
+    "isolation",
     "egress",
     "egress_private",
     "egress_resolve",
@@ -693,6 +694,7 @@ impl Reader<'_> {
                 max_connections: crate::egress::DEFAULT_MAX_CONNECTIONS,
                 max_bytes: crate::egress::DEFAULT_MAX_BYTES,
             })),
+            isolation: Isolation::Namespaces,
         };
         let inherit = default.as_ref().unwrap_or(&stand_in);
         let mut out = BTreeMap::new();
@@ -742,6 +744,8 @@ impl Reader<'_> {
         let pids = field(self, "pids").map(|v| self.pids(v, name));
         let cpus = field(self, "cpus").map(|v| self.cpus(v, name));
         let network_kind = field(self, "network").map(|v| self.network(v, name));
+        // Optional even in the default profile: namespaces unless it says.
+        let isolation = table.get("isolation").map(|v| self.isolation(v, name));
         if !ok {
             return None;
         }
@@ -775,6 +779,10 @@ impl Reader<'_> {
                 None => inherit?.cpus,
             },
             network: network?,
+            isolation: match isolation {
+                Some(v) => v?,
+                None => inherit.map_or(Isolation::Namespaces, |p| p.isolation),
+            },
         })
     }
 
@@ -1142,6 +1150,23 @@ impl Reader<'_> {
                     item.span(),
                     format!(
                         "profiles.{profile}.cpus must be a number of cores above 0 (e.g. 1 or 0.5)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn isolation(&mut self, item: &Item, profile: &str) -> Option<Isolation> {
+        let text = self.string(item, &format!("profiles.{profile}.isolation"))?;
+        match text.as_str() {
+            "namespaces" => Some(Isolation::Namespaces),
+            "gvisor" => Some(Isolation::Gvisor),
+            other => {
+                self.error(
+                    item.span(),
+                    format!(
+                        "profiles.{profile}.isolation '{other}' is not supported (expected \"namespaces\" or \"gvisor\")"
                     ),
                 );
                 None

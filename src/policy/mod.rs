@@ -138,6 +138,34 @@ impl Network {
     }
 }
 
+/// What isolates a run from the host's kernel (`isolation =` in a profile).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Namespaces, cgroups and a seccomp filter: the script's system calls
+    /// reach the host's kernel (the default).
+    #[default]
+    Namespaces,
+    /// gVisor (`runsc`): a kernel in user space answers the script's
+    /// system calls; only a narrow set reaches the host's.
+    Gvisor,
+}
+
+impl Isolation {
+    /// True for the default, [`Isolation::Namespaces`].
+    pub fn is_default(&self) -> bool {
+        *self == Isolation::Namespaces
+    }
+
+    /// The name a policy uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespaces => "namespaces",
+            Isolation::Gvisor => "gvisor",
+        }
+    }
+}
+
 /// Resource limits for runs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Profile {
@@ -156,6 +184,11 @@ pub struct Profile {
     pub tmp: u64,
     /// Network access.
     pub network: Network,
+    /// What stands between the script and the host's kernel. Left out of
+    /// the serialised policy when it is the default, so that the digest of
+    /// a policy without the key (its lock's header) is what it was.
+    #[serde(skip_serializing_if = "Isolation::is_default")]
+    pub isolation: Isolation,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

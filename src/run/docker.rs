@@ -39,6 +39,7 @@ use crate::egress::EgressSession;
 use crate::egress::session::SANDBOX_DIR;
 use crate::engine::{Engine, labels};
 use crate::env::EnvLocation;
+use crate::policy::Isolation;
 
 /// The uid and gid scripts run as (the base image's `sandbox` user); the
 /// init drops to them.
@@ -152,6 +153,10 @@ fn container_config(
     let mut binds = vec![format!("{script_dir}:{SCRIPT_DIR}:ro")];
     binds.extend(init.binds());
     binds.extend(egress_binds);
+    let gvisor = limits.isolation == Isolation::Gvisor;
+    if gvisor {
+        cmd.splice(0..0, super::gvisor::docker_command_prefix(limits));
+    }
     let ulimit = |name: &str, value: u64| ResourcesUlimits {
         name: Some(name.into()),
         soft: Some(value as i64),
@@ -175,7 +180,15 @@ fn container_config(
         cap_drop: Some(vec!["ALL".into()]),
         cap_add: Some(DockerInit::caps()),
         security_opt: Some(vec!["no-new-privileges".into()]),
-        pids_limit: Some(i64::from(limits.pids)),
+        // Under gVisor the profile's count is set inside (see
+        // `gvisor::docker_command_prefix`); the cgroup leaves room for
+        // gVisor's own threads.
+        pids_limit: Some(i64::from(if gvisor {
+            super::gvisor::host_pids(limits)
+        } else {
+            limits.pids
+        })),
+        runtime: gvisor.then(|| super::gvisor::DOCKER_RUNTIME.to_string()),
         memory: Some(limits.memory as i64),
         memory_swap: Some(limits.memory as i64),
         nano_cpus: Some((limits.cpus * 1e9) as i64),
@@ -264,7 +277,14 @@ pub fn run(
     let docker = engine.docker();
     let created = engine
         .block_on(docker.create_container(Some(options), body))
-        .map_err(|e| RunError::Engine(engine_error("creating the container", e)))?;
+        .map_err(|e| {
+            let action = if req.limits.isolation == Isolation::Gvisor {
+                "creating the container with the runsc runtime (gVisor; scripts/docker-up registers it with the engine)"
+            } else {
+                "creating the container"
+            };
+            RunError::Engine(engine_error(action, e))
+        })?;
     let _remove = Remove {
         engine: &engine,
         id: created.id.clone(),
@@ -272,6 +292,7 @@ pub fn run(
     let id = created.id.as_str();
     let limit = req.limits.output;
     let cpu_limit = req.limits.cpu_seconds();
+    let gvisor = req.limits.isolation == Isolation::Gvisor;
     let cores = req.limits.cpus;
     let wall = req.limits.wall_time;
 
@@ -305,7 +326,10 @@ pub fn run(
             });
         }
         let mut exec = Execution {
-            enforcement: vec!["engine".into()],
+            enforcement: match req.limits.isolation {
+                Isolation::Gvisor => vec!["gvisor".into(), "engine".into()],
+                Isolation::Namespaces => vec!["engine".into()],
+            },
             ..Execution::default()
         };
         let mut kept: u64 = 0;
@@ -358,6 +382,12 @@ pub fn run(
                     }
                     if let Some(used) = cpu_used(id) {
                         cpu_seen = cpu_seen.max(used);
+                    }
+                    // Under gVisor, the CPU rlimit inside does not always
+                    // fire; the container's cgroup stops it at the hard limit.
+                    if gvisor && stopped.is_none() && cpu_seen >= cpu_limit as f64 + 1.0 {
+                        stopped = Some(Status::CpuLimit);
+                        kill(docker, id);
                     }
                     if let Some(reason) = cancel.requested() {
                         cancelled = Some(reason);

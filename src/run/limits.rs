@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::policy::Profile;
+use crate::policy::{Isolation, Profile};
 
 /// Open files per process.
 pub const NOFILE: u64 = 256;
@@ -27,6 +27,8 @@ pub struct Limits {
     pub output: u64,
     /// Size of the writable `/tmp`, and the largest file a script may write.
     pub tmp: u64,
+    /// What isolates the run from the host's kernel.
+    pub isolation: Isolation,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -42,6 +44,7 @@ impl From<&Profile> for Limits {
             wall_time: p.wall_time,
             output: p.output,
             tmp: p.tmp,
+            isolation: p.isolation,
         }
     }
 }
@@ -97,6 +100,7 @@ mod tests {
             wall_time: Duration::from_secs(30),
             output: 1 << 20,
             tmp: 1 << 24,
+            isolation: Isolation::Namespaces,
         };
         assert_eq!(limits.cpu_seconds(), 6);
         assert_eq!(limits.threads(), 1);

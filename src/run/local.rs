@@ -35,6 +35,7 @@ use std::time::Instant;
 use super::cancel::{CancelReason, CancelToken};
 use super::capture::Capture;
 use super::cgroup::{RunCgroup, join_current};
+use super::gvisor;
 use super::init::{Ended, LocalInit};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
@@ -44,6 +45,7 @@ use super::{ExecRequest, RunError};
 use crate::egress::EgressSession;
 use crate::egress::session::SANDBOX_DIR;
 use crate::env::EnvLocation;
+use crate::policy::Isolation;
 
 /// The first uid handed to runs; each run gets one of 65536 from here.
 const UID_BASE: u32 = 200_000;
@@ -344,6 +346,9 @@ pub fn run(
             "the local backend needs a venv environment".into(),
         ));
     };
+    if req.limits.isolation == Isolation::Gvisor {
+        return run_gvisor(req, venv, python, site_packages, cancel, sink);
+    }
     let bwrap = find_bwrap().ok_or(RunError::NoBwrap)?;
     // Always on: a bwrap that cannot load it fails the run.
     seccomp::check_bwrap(&bwrap)?;
@@ -356,18 +361,7 @@ pub fn run(
     // The script alone, read-only, in a directory of its own.
     let script_dir = super::script_dir(req)?;
 
-    let prefix = interpreter_prefix(venv)?;
-    let hidden: Vec<PathBuf> = fs::read_dir(prefix.join("lib"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path().join("site-packages"))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut binds = vec![prefix];
-    binds.extend(layer_dirs(site_packages));
-    binds.retain(|b| !b.starts_with("/usr"));
+    let (binds, hidden) = sandbox_paths(venv, site_packages)?;
     let cgroup = RunCgroup::create(&run_id.to_string(), &req.limits);
     let session = req.egress.clone().map(EgressSession::start).transpose()?;
     let egress = session.as_ref().map(|session| EgressJail { session });
@@ -402,7 +396,7 @@ pub fn run(
         req,
         cgroup.as_ref(),
         enforcement,
-        &inherited,
+        Some(&inherited),
         Some(&mut init),
         cancel,
         sink,
@@ -411,6 +405,60 @@ pub fn run(
         super::finish_egress(session, exec, sink);
     }
     drop(filters);
+    drop(script_dir);
+    exec
+}
+
+/// What the sandbox binds read-only (the interpreter's prefix and the
+/// environment's layers) and what it hides under an empty tmpfs (the
+/// interpreter's own site-packages).
+fn sandbox_paths(
+    venv: &Path,
+    site_packages: &[PathBuf],
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), RunError> {
+    let prefix = interpreter_prefix(venv)?;
+    let hidden: Vec<PathBuf> = fs::read_dir(prefix.join("lib"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut binds = vec![prefix];
+    binds.extend(layer_dirs(site_packages));
+    binds.retain(|b| !b.starts_with("/usr"));
+    Ok((binds, hidden))
+}
+
+/// The local run under gVisor ([`gvisor::run`]): the same binds, its own
+/// uid, supervised like a bwrap run but with the rlimits set inside gVisor
+/// (on runsc itself they would bind gVisor's own processes).
+fn run_gvisor(
+    req: &ExecRequest,
+    venv: &Path,
+    python: &Path,
+    site_packages: &[PathBuf],
+    cancel: &CancelToken,
+    sink: &dyn OutputSink,
+) -> Result<Execution, RunError> {
+    let (uid, _uid_lock) = claim_uid(&req.state_dir, uuid::Uuid::new_v4().as_u128())?;
+    let script_dir = super::script_dir(req)?;
+    let (binds, hidden) = sandbox_paths(venv, site_packages)?;
+    let mut mounts: Vec<gvisor::Mount> = binds.into_iter().map(gvisor::Mount::Bind).collect();
+    mounts.extend(hidden.into_iter().map(gvisor::Mount::Hidden));
+    mounts.push(gvisor::Mount::Script(script_dir.path().to_path_buf()));
+    let exec = gvisor::run(
+        req,
+        python,
+        &mounts,
+        uid,
+        cancel,
+        sink,
+        |cmd, cgroup, enforcement, cancel, sink| {
+            supervise(cmd, req, cgroup, enforcement, None, None, cancel, sink)
+        },
+    );
     drop(script_dir);
     exec
 }
@@ -426,7 +474,8 @@ fn supervise(
     req: &ExecRequest,
     cgroup: Option<&RunCgroup>,
     mut enforcement: Vec<String>,
-    inherited_fds: &[i32],
+    // `None`: neither seccomp fds nor host rlimits (gVisor sets them inside).
+    inherited_fds: Option<&[i32]>,
     mut init: Option<&mut LocalInit>,
     cancel: &CancelToken,
     sink: &dyn OutputSink,
@@ -442,9 +491,19 @@ fn supervise(
         }
     }
     let fds = cgroup.map(|c| c.procs_fds()).unwrap_or_default();
-    // SAFETY: the closure only calls write, fcntl, setrlimit and prctl.
-    unsafe {
-        cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some(), inherited_fds));
+    match inherited_fds {
+        // SAFETY: the closure only calls write, fcntl, setrlimit and prctl.
+        Some(inherited_fds) => unsafe {
+            cmd.pre_exec(pre_exec(&req.limits, &fds, cgroup.is_some(), inherited_fds));
+        },
+        // SAFETY: the closure only calls write and prctl.
+        None => unsafe {
+            cmd.pre_exec(move || {
+                join_current(&fds)?;
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        },
     }
     let started = Instant::now();
     let mut child = cmd
@@ -459,6 +518,10 @@ fn supervise(
         req.limits.output,
     );
     let deadline = started + req.limits.wall_time;
+    // Under gVisor, the CPU rlimit inside does not always fire; the run's
+    // cgroup (gVisor's own CPU time included) stops it at the hard limit.
+    let watch_cpu = inherited_fds.is_none();
+    let cpu_hard = (req.limits.cpu_seconds() + 1) as f64;
     let mut stopped: Option<Status> = None;
     let mut cancelled: Option<CancelReason> = None;
     let status = loop {
@@ -471,6 +534,12 @@ fn supervise(
                 stopped = Some(Status::OutputLimit);
             } else if Instant::now() >= deadline {
                 stopped = Some(Status::TimedOut);
+            } else if watch_cpu
+                && cgroup
+                    .and_then(RunCgroup::cpu_seconds)
+                    .is_some_and(|used| used >= cpu_hard)
+            {
+                stopped = Some(Status::CpuLimit);
             } else if let Some(reason) = cancel.requested() {
                 cancelled = Some(reason);
                 stopped = Some(match reason {
@@ -616,7 +685,7 @@ pub fn run_unsandboxed(
         req,
         cgroup.as_ref(),
         enforcement,
-        &[],
+        Some(&[]),
         None,
         cancel,
         sink,

@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod capture;
 pub mod cgroup;
 pub mod docker;
+pub mod gvisor;
 pub mod init;
 pub mod limits;
 pub mod local;
@@ -102,6 +103,16 @@ pub enum RunError {
         "bubblewrap (bwrap) is not installed, so the local sandbox cannot start: install it (`apt-get install bubblewrap`), use --backend docker, or pass --unsandboxed to run without a sandbox"
     )]
     NoBwrap,
+    /// The profile asks for gVisor and `runsc` is missing.
+    #[error(
+        "the profile has isolation = \"gvisor\", but runsc (gVisor) is not installed: install it (`apt-get install runsc`, or scripts/setup), or use a profile with isolation = \"namespaces\""
+    )]
+    NoRunsc,
+    /// gVisor on the local backend needs root.
+    #[error(
+        "the profile has isolation = \"gvisor\", and runsc on the local backend needs root (it sets up the sandbox's namespaces and cgroup): run scriptbox as root, use --backend docker (the engine's runsc runtime), or use a profile with isolation = \"namespaces\""
+    )]
+    GvisorNeedsRoot,
     /// The environment is not usable by this backend.
     #[error("environment: {0}")]
     Environment(String),
@@ -114,6 +125,12 @@ pub enum RunError {
         "--unsandboxed cannot enforce an egress allowlist (the profile has network = \"allowlist\"): run it sandboxed, or use a profile with network = \"none\""
     )]
     EgressUnsandboxed,
+    /// The egress relay is not carried into gVisor yet: refusing beats a
+    /// run without the network its profile promises.
+    #[error(
+        "profile '{0}' has network = \"allowlist\" and isolation = \"gvisor\": egress is not carried under gVisor yet; use isolation = \"namespaces\" for this profile"
+    )]
+    EgressUnderGvisor(String),
     /// The run's egress proxy could not start.
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),

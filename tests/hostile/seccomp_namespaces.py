@@ -1,10 +1,18 @@
 # expect: succeeded
+# expect-gvisor: failed
+# stdout-gvisor: unshare allowed (inside this sandbox's own namespaces)
+# stdout-gvisor: clone with CLONE_NEWUSER EPERM
+# (gVisor's kernel answers: unshare makes a namespace inside gVisor, and
+# its /proc has no /proc/self/ns/uts, so the setns step ends the script.)
 # stdout-local: unshare EPERM
 # stdout-local: clone with CLONE_NEWUSER EPERM
 # stdout-local: setns EPERM
-# stdout: clone3 ENOSYS
-# stdout: fork ok
-# stdout: subprocess ok
+# stdout-local: clone3 ENOSYS
+# stdout-local: fork ok
+# stdout-local: subprocess ok
+# stdout-docker: clone3 ENOSYS
+# stdout-docker: fork ok
+# stdout-docker: subprocess ok
 # stdout-docker: unshare EPERM
 # stdout-docker: clone with CLONE_NEWUSER EPERM
 # stdout-docker: setns EPERM

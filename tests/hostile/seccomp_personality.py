@@ -1,6 +1,10 @@
 # expect: succeeded
-# stdout: query ok
-# stdout: PER_LINUX ok
+# stdout-local: query ok
+# stdout-local: PER_LINUX ok
+# stdout-docker: query ok
+# stdout-docker: PER_LINUX ok
+# stdout-gvisor: query EINVAL
+# stdout-gvisor: READ_IMPLIES_EXEC EINVAL
 # stdout-local: READ_IMPLIES_EXEC EPERM
 # stdout-local: ADDR_NO_RANDOMIZE EPERM
 # stdout-docker: READ_IMPLIES_EXEC EPERM
