@@ -200,7 +200,9 @@ fn an_allowlist_profile_is_refused_unsandboxed_and_under_gvisor_before_anything_
     let mut req = request("print('hi')\n", Backend::Local, cache.path());
     req.policy = Arc::new(policy);
     req.profile = "egress-gvisor".into();
-    let refused = *scriptbox::pipeline::check(&req).err().expect("refused");
+    let Err(refused) = scriptbox::pipeline::check(&req) else {
+        panic!("not refused")
+    };
     assert_eq!(refused.status, Status::Error);
     assert!(
         refused
@@ -212,7 +214,9 @@ fn an_allowlist_profile_is_refused_unsandboxed_and_under_gvisor_before_anything_
     );
     req.profile = "egress".into();
     req.unsandboxed = true;
-    let refused = *scriptbox::pipeline::check(&req).err().expect("refused");
+    let Err(refused) = scriptbox::pipeline::check(&req) else {
+        panic!("not refused")
+    };
     assert!(
         refused
             .message
