@@ -431,6 +431,13 @@ pub fn run(
         if let Some(peak) = peak_memory(id) {
             exec.peak_memory = Some(exec.peak_memory.unwrap_or(0).max(peak));
         }
+        // Under gVisor the host's memory kill can land on one of gVisor's
+        // own processes while the init still reports the script's exit:
+        // a failed run whose cgroup reached the limit ran out of memory.
+        let oom = oom
+            || (gvisor
+                && exit_code != Some(0)
+                && exec.peak_memory.is_some_and(|p| p >= req.limits.memory));
         // The init's report says exactly how the script ended; without
         // one (the init was killed), a code above 128 reads as a signal.
         let report = init.report();
