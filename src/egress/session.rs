@@ -35,12 +35,8 @@ impl EgressSession {
     pub fn start(config: EgressConfig) -> Result<EgressSession, EgressError> {
         use std::os::unix::fs::PermissionsExt;
         let io = |what: &str, e: std::io::Error| EgressError::Io(format!("{what}: {e}"));
-        let dir = tempfile::Builder::new()
-            .prefix("scriptbox-egress-")
-            .tempdir()
+        let dir = crate::dirs::temp_dir_with_mode("scriptbox-egress-", 0o755)
             .map_err(|e| io("creating the egress directory", e))?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| io("egress directory", e))?;
         let relay = RelayConfig::new(
             Path::new(SANDBOX_DIR).join("proxy.sock"),
             config.allow.clone(),

@@ -422,13 +422,8 @@ impl DockerInit {
     /// (root in the container when that is root; see [`DockerInit::caps`]).
     /// `binary` is the `scriptbox` binary to bind in.
     pub fn new(binary: PathBuf) -> Result<DockerInit, RunError> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("scriptbox-init-")
-            .tempdir()
+        let dir = crate::dirs::temp_dir_with_mode("scriptbox-init-", 0o700)
             .map_err(|e| RunError::Io(format!("the init's report directory: {e}")))?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| RunError::Io(e.to_string()))?;
         Ok(DockerInit { dir, binary })
     }
 

@@ -148,12 +148,8 @@ pub enum RunError {
 /// both backends mount at `/sandbox`. Removed when dropped.
 pub fn script_dir(req: &ExecRequest) -> Result<tempfile::TempDir, RunError> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("scriptbox-run-")
-        .tempdir()
+    let dir = crate::dirs::temp_dir_with_mode("scriptbox-run-", 0o755)
         .map_err(|e| RunError::Io(format!("creating the run directory: {e}")))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| RunError::Io(e.to_string()))?;
     let script = dir.path().join(&req.script_name);
     std::fs::write(&script, &req.script)
         .and_then(|()| std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o444)))
