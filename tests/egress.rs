@@ -945,6 +945,76 @@ fn the_byte_cap_cuts_a_connection() {
     assert!(cut.allowed && cut.bytes_down <= 256 * 1024, "{cut:?}");
 }
 
+/// The handoff protocol spoken by hand: the proxy checks the ClientHello,
+/// hands the upstream socket over, counts its bytes from the kernel, and
+/// cuts it for every holder when the Unix connection closes.
+#[test]
+fn a_handed_off_tunnel_is_counted_and_cut_by_the_proxy() {
+    let _turn = exchange_turn(false);
+    let h = Harness::new("");
+    let out = Command::new(&world().python)
+        .arg(support("handoff_client.py"))
+        .arg(h.socket())
+        .args(["api.exchange.test", &port("https").to_string()])
+        .arg(&world().ca)
+        .output()
+        .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        result["status"], "HTTP/1.1 200 Connection established",
+        "{result}"
+    );
+    assert_eq!(
+        result["verdict"], "01",
+        "the handed-off verdict byte: {result}"
+    );
+    assert_eq!(result["fds"], 1, "{result}");
+    assert_eq!(
+        result["quote"], true,
+        "TLS and a GET over the handed socket: {result}"
+    );
+    assert_eq!(
+        result["cut"], true,
+        "closing the Unix side cuts the socket: {result}"
+    );
+    let report = h.finish();
+    let records = record(&report, "api.exchange.test", port("https"));
+    let [handed] = records.as_slice() else {
+        panic!("one record: {report:?}");
+    };
+    assert!(handed.allowed && handed.reason.is_none(), "{handed:?}");
+    // The ClientHello and the GET went up; the certificate chain and the
+    // quote came down, counted by the kernel on the proxy's copy.
+    assert!(
+        handed.bytes_up > 300 && handed.bytes_down > 1000,
+        "{handed:?}"
+    );
+}
+
+/// A handed-off download is cut at `egress_bytes` from the kernel's
+/// counts (within what crosses in one 50 ms check).
+#[test]
+fn a_handed_off_download_is_cut_at_the_byte_cap() {
+    let _turn = exchange_turn(false);
+    let h = Harness::new("egress_bytes = \"20M\"");
+    let big = format!("https://api.exchange.test:{}/big/200000000", port("https"));
+    let r = h.via_proxy("requests", &big, None);
+    assert_eq!(r["ok"], false, "200 MB is over a 20M cap: {r}");
+    let report = h.finish();
+    let cut = report
+        .connections
+        .iter()
+        .find(|c| c.reason == Some(Reason::ByteCap))
+        .unwrap_or_else(|| panic!("the big download is cut: {report:?}"));
+    assert!(cut.allowed && cut.bytes_down >= 20 << 20, "{cut:?}");
+    assert!(
+        cut.bytes_down < 200_000_000,
+        "cut well before the end: {cut:?}"
+    );
+}
+
 #[test]
 fn the_stub_never_sends_a_packet_off_loopback() {
     let _turn = exchange_turn(false);

@@ -21,6 +21,7 @@
 pub mod address;
 pub mod beside;
 pub mod dns;
+pub mod handoff;
 pub mod proxy;
 pub mod record;
 pub mod relay;

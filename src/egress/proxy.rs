@@ -15,20 +15,27 @@
 //! `X-Scriptbox-Refused` header and a one-line body, or a TLS alert inside
 //! a tunnel), and each connection is recorded.
 //!
+//! A tunnel whose client asks for it (the relay does) is handed off once
+//! its first message is checked and sent: the relay gets the upstream
+//! socket and copies the rest itself, and the proxy holds the connection
+//! to the run's limits from the kernel's counters ([`super::handoff`]).
+//!
 //! The proxy runs on its own thread with a single-threaded tokio runtime.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use super::handoff::{self, Verdict};
 use super::record::{ConnectionRecord, EgressReport, Reason};
 use super::rule::{NameError, host_name, is_ip_literal};
 use super::sniff::{
@@ -44,6 +51,16 @@ const REFUSAL_DRAIN: Duration = Duration::from_millis(500);
 
 /// Buffer per direction of a relayed connection.
 const PIPE_BUFFER: usize = 32 * 1024;
+
+/// A tunnel is handed to the relay only while the run has this many
+/// bytes of `egress_bytes` left: the proxy checks a handed-off
+/// connection's counters every [`HANDOFF_TICK`], so it could go over by
+/// what crosses in one tick; below this, the proxy relays (and counts)
+/// every byte itself.
+const HANDOFF_MIN_BUDGET: u64 = 16 << 20;
+
+/// How often the proxy reads a handed-off connection's counters.
+const HANDOFF_TICK: Duration = Duration::from_millis(50);
 
 /// A TLS fatal `unrecognized_name` alert: how a refused tunnel tells a TLS
 /// client its server name was not accepted.
@@ -177,6 +194,13 @@ impl State {
     fn charge(&self, n: usize) -> bool {
         let total = self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         total <= self.config.max_bytes
+    }
+
+    /// Bytes of `egress_bytes` not used yet.
+    fn budget_left(&self) -> u64 {
+        self.config
+            .max_bytes
+            .saturating_sub(self.bytes.load(Ordering::Relaxed))
     }
 }
 
@@ -364,6 +388,13 @@ async fn handle(mut client: UnixStream, mut tracked: Tracked) {
     tracked.record.host = request.host.clone();
     tracked.record.port = request.port;
     let target = describe(&tracked.record);
+    // Only tunnels are handed off: a plain HTTP request's body follows its
+    // head in the same stream, with no point at which to hand over.
+    let wants_handoff = request.plain_http.is_none()
+        && head
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(handoff::HEADER));
     if opened > config.max_connections {
         let refusal = Refusal::new(
             "429 Too Many Requests",
@@ -514,6 +545,9 @@ async fn handle(mut client: UnixStream, mut tracked: Tracked) {
                     drop(upstream);
                     tracked.refuse(reason, message);
                     tracked.done = true;
+                    if wants_handoff {
+                        let _ = client.write_all(&[Verdict::Refused as u8]).await;
+                    }
                     if let Some(answer) = answer {
                         let _ = client.write_all(&answer).await;
                     }
@@ -536,9 +570,83 @@ async fn handle(mut client: UnixStream, mut tracked: Tracked) {
         }
         tracked.record.bytes_up += leftover.len() as u64;
     }
-    let cut = pipe(client, upstream, &state, &mut tracked.record).await;
+    let cut = if wants_handoff && state.budget_left() >= HANDOFF_MIN_BUDGET {
+        hand_off(client, upstream, &state, &mut tracked.record).await
+    } else {
+        if wants_handoff && client.write_all(&[Verdict::Piped as u8]).await.is_err() {
+            tracked.done = true;
+            return;
+        }
+        pipe(client, upstream, &state, &mut tracked.record).await
+    };
     tracked.record.reason = cut;
     tracked.done = true;
+}
+
+/// Gives the relay the upstream socket ([`handoff`]) and holds the
+/// connection to the run's limits from the kernel's counters until the
+/// relay's Unix connection closes; then shuts the socket down for every
+/// holder. Returns why it was cut short, if it was.
+async fn hand_off(
+    client: UnixStream,
+    upstream: TcpStream,
+    state: &State,
+    record: &mut ConnectionRecord,
+) -> Option<Reason> {
+    let upstream = upstream.into_std().ok()?;
+    loop {
+        client.writable().await.ok()?;
+        match client.try_io(Interest::WRITABLE, || {
+            handoff::send_fd(client.as_fd(), upstream.as_fd())
+        }) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                let _ = upstream.shutdown(Shutdown::Both);
+                return None;
+            }
+        }
+    }
+    // What the proxy itself sent before handing off is already charged.
+    let mut charged = record.bytes_up + record.bytes_down;
+    let account = |record: &mut ConnectionRecord| -> Option<handoff::TcpCounters> {
+        let counters = handoff::tcp_counters(upstream.as_fd()).ok()?;
+        record.bytes_up = record.bytes_up.max(counters.sent);
+        record.bytes_down = record.bytes_down.max(counters.received);
+        Some(counters)
+    };
+    let idle = state.config.timeouts.idle;
+    let mut tick = tokio::time::interval(HANDOFF_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sink = [0u8; 256];
+    let mut client = client;
+    let cut = loop {
+        tokio::select! {
+            // The relay sends nothing more; its close ends the connection.
+            read = client.read(&mut sink) => match read {
+                Ok(0) | Err(_) => break None,
+                Ok(_) => {}
+            },
+            _ = tick.tick() => {
+                let Some(counters) = account(record) else { break None };
+                let total = record.bytes_up + record.bytes_down;
+                let over = !state.charge(usize::try_from(total - charged).unwrap_or(usize::MAX));
+                charged = total;
+                if over {
+                    break Some(Reason::ByteCap);
+                }
+                if counters.idle >= idle {
+                    break Some(Reason::Idle);
+                }
+            }
+        }
+    };
+    if account(record).is_some() {
+        let total = record.bytes_up + record.bytes_down;
+        state.charge(usize::try_from(total - charged).unwrap_or(usize::MAX));
+    }
+    let _ = upstream.shutdown(Shutdown::Both);
+    cut
 }
 
 /// `host:port` as recorded, for messages.

@@ -7,12 +7,17 @@
 //!   allowlisted names with synthetic addresses (`127.77.0.0/16`) and
 //!   everything else with NXDOMAIN, forwarding nothing ([`super::dns`]);
 //! - an HTTP proxy port (`127.0.0.1:3128`) for clients honouring
-//!   `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, relayed byte for byte to the
-//!   socket (one socket connection per client connection);
+//!   `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` (one socket connection per
+//!   client connection): a `CONNECT` is passed on asking for the handoff
+//!   ([`super::handoff`]), anything else is relayed byte for byte;
 //! - transparent listeners on each synthetic address, one per port the
 //!   name is allowed on: an accepted connection becomes `CONNECT name:port`
-//!   on the socket, then bytes are piped. A refused CONNECT resets the
-//!   client's connection.
+//!   on the socket, sent with the client's first bytes without waiting. A
+//!   refused CONNECT resets the client's connection.
+//!
+//! Once the proxy has checked a tunnel's first message it hands the
+//! upstream socket over, and the relay copies between the client and it
+//! directly: the bytes of a checked connection cross one process, not two.
 //!
 //! The relay binds its sockets itself. [`Relay::bind`] binds the DNS stub,
 //! the proxy port and the transparent listeners of every exact name at
@@ -24,20 +29,23 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::EgressError;
 use super::dns::{self, Lookup, MAX_MESSAGE, SyntheticNames};
+use super::handoff::{self, Verdict};
 use super::rule::{Allowlist, HostPattern};
-use super::sniff::MAX_HEAD;
+use super::sniff::{self, MAX_CLIENT_HELLO, MAX_HEAD, Sniff};
 
 /// How the relay is set up; the hidden `scriptbox egress-relay` command
 /// reads it as JSON.
@@ -466,13 +474,47 @@ async fn accept_proxy(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let _permit = permit;
             let _ = client.set_nodelay(true);
-            let Some(mut socket) = shared.connect_socket().await else {
-                let _ = client.set_zero_linger();
-                return;
-            };
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+            proxy_connection(client, &shared).await;
         });
     }
+}
+
+/// A client of the proxy port. A `CONNECT` becomes a [`tunnel`] that asks
+/// for the upstream socket; anything else (plain HTTP in absolute form, or
+/// what the proxy will refuse) is relayed byte for byte.
+async fn proxy_connection(mut client: TcpStream, shared: &Shared) {
+    let mut buf = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + shared.timeout;
+    let head = loop {
+        match sniff::request_head(&buf) {
+            Sniff::Incomplete if buf.len() < MAX_HEAD => {}
+            Sniff::Http(head) => break Some(head),
+            _ => break None,
+        }
+        let mut chunk = [0u8; 4096];
+        let room = (MAX_HEAD - buf.len()).min(chunk.len());
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..room])).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break None,
+        }
+    };
+    if let Some(head) = head.filter(|h| h.method == "CONNECT")
+        && let Some(request) = buf[..head.len].strip_suffix(b"\r\n\r\n")
+    {
+        let mut request = request.to_vec();
+        request.extend_from_slice(format!("\r\n{}: fd\r\n\r\n", handoff::HEADER).as_bytes());
+        let early = buf[head.len..].to_vec();
+        return tunnel(client, request, early, true, shared).await;
+    }
+    let Some(mut socket) = shared.connect_socket().await else {
+        let _ = client.set_zero_linger();
+        return;
+    };
+    if socket.write_all(&buf).await.is_err() {
+        let _ = client.set_zero_linger();
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
 }
 
 async fn accept_transparent(listener: TcpListener, name: String, shared: Arc<Shared>) {
@@ -496,42 +538,170 @@ async fn accept_transparent(listener: TcpListener, name: String, shared: Arc<Sha
     }
 }
 
-/// One transparent connection: `CONNECT name:port`, then pipe; any refusal
-/// resets the client's connection so it fails at once.
-async fn transparent_connection(mut client: TcpStream, name: &str, port: u16, shared: &Shared) {
-    let Some(mut socket) = shared.connect_socket().await else {
+/// One transparent connection: a [`tunnel`] to `name:port`, whose
+/// refusal resets the client's connection so it fails at once.
+async fn transparent_connection(client: TcpStream, name: &str, port: u16, shared: &Shared) {
+    let request = format!(
+        "CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n{}: fd\r\n\r\n",
+        handoff::HEADER
+    );
+    tunnel(client, request.into_bytes(), Vec::new(), false, shared).await;
+}
+
+/// A tunnel through the host proxy that asks for the upstream socket
+/// ([`handoff`]). Sends `request` and the client's bytes read so far
+/// (`early`) at once, without waiting for the answer, then the client's
+/// first message as it comes, and nothing more until the proxy's verdict.
+/// The proxy's answer head goes to the client when `answer_client` (the
+/// proxy port); on the transparent path any answer but `200` resets the
+/// client. Then, by the verdict: copy between the client and the handed
+/// socket, keep relaying through the proxy, or give the client the
+/// refusal's bytes.
+async fn tunnel(
+    mut client: TcpStream,
+    request: Vec<u8>,
+    early: Vec<u8>,
+    answer_client: bool,
+    shared: &Shared,
+) {
+    let reset = |client: TcpStream| {
         let _ = client.set_zero_linger();
-        return;
     };
-    let request = format!("CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n\r\n");
-    if socket.write_all(request.as_bytes()).await.is_err() {
-        let _ = client.set_zero_linger();
-        return;
+    let Some(mut socket) = shared.connect_socket().await else {
+        return reset(client);
+    };
+    let mut out = request;
+    out.extend_from_slice(&early);
+    if socket.write_all(&out).await.is_err() {
+        return reset(client);
     }
-    let mut head = Vec::with_capacity(256);
-    let answered = tokio::time::timeout(shared.timeout, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&head) {
-                Ok(httparse::Status::Complete(len)) => return Some((response.code, len)),
-                Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
-                _ => return None,
-            }
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
+    let first_complete = |seen: &[u8]| {
+        seen.len() >= MAX_CLIENT_HELLO || sniff::first_bytes(seen) != Sniff::Incomplete
+    };
+    let mut seen = early;
+    let mut first_sent = first_complete(&seen);
+    let mut answer: Vec<u8> = Vec::new();
+    let mut head_len: Option<usize> = None;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut from_proxy = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            read = client.read(&mut chunk), if !first_sent => match read {
+                Ok(0) | Err(_) => {
+                    first_sent = true;
+                    let _ = socket.shutdown().await;
+                }
+                Ok(n) => {
+                    if socket.write_all(&chunk[..n]).await.is_err() {
+                        return reset(client);
+                    }
+                    seen.extend_from_slice(&chunk[..n]);
+                    first_sent = first_complete(&seen);
+                }
+            },
+            ready = socket.readable() => {
+                if ready.is_err() {
+                    return reset(client);
+                }
+                let received = socket.try_io(Interest::READABLE, || {
+                    handoff::recv_with_fd(socket.as_fd(), &mut from_proxy)
+                });
+                let (n, fd) = match received {
+                    Ok(got) => got,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => (0, None),
+                };
+                if n == 0 {
+                    // The proxy closed before its verdict.
+                    if head_len.is_none() && !answer_client {
+                        return reset(client);
+                    }
+                    let _ = client.shutdown().await;
+                    return;
+                }
+                answer.extend_from_slice(&from_proxy[..n]);
+                let len = match head_len {
+                    Some(len) => len,
+                    None => {
+                        let mut headers = [httparse::EMPTY_HEADER; 32];
+                        let mut response = httparse::Response::new(&mut headers);
+                        let (code, len) = match response.parse(&answer) {
+                            Ok(httparse::Status::Complete(len)) => (response.code, len),
+                            Ok(httparse::Status::Partial) if answer.len() < MAX_HEAD && fd.is_none() => continue,
+                            _ => return reset(client),
+                        };
+                        if answer_client && client.write_all(&answer[..len]).await.is_err() {
+                            return;
+                        }
+                        if code != Some(200) {
+                            if !answer_client {
+                                return reset(client);
+                            }
+                            // The refusal's body, then the proxy closes.
+                            let _ = client.write_all(&answer[len..]).await;
+                            let _ = tokio::io::copy(&mut socket, &mut client).await;
+                            let _ = client.shutdown().await;
+                            return;
+                        }
+                        head_len = Some(len);
+                        len
+                    }
+                };
+                let Some(&verdict) = answer.get(len) else {
+                    if fd.is_some() {
+                        return reset(client);
+                    }
+                    continue;
+                };
+                let after = answer[len + 1..].to_vec();
+                match Verdict::from_byte(verdict) {
+                    Some(Verdict::HandedOff) => {
+                        // The descriptor comes with the verdict byte, the
+                        // last one read.
+                        let (Some(fd), true) = (fd, after.is_empty()) else {
+                            return reset(client);
+                        };
+                        return handed_off(client, fd, socket).await;
+                    }
+                    Some(Verdict::Piped) => {
+                        if client.write_all(&after).await.is_err() {
+                            return;
+                        }
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+                        return;
+                    }
+                    Some(Verdict::Refused) => {
+                        let _ = client.write_all(&after).await;
+                        let _ = tokio::io::copy(&mut socket, &mut client).await;
+                        let _ = client.shutdown().await;
+                        return;
+                    }
+                    None => return reset(client),
+                }
             }
         }
-    })
-    .await;
-    let Ok(Some((Some(200), len))) = answered else {
+    }
+}
+
+/// Copies between the client and the socket the proxy handed over, until
+/// both are done or the proxy closes its Unix connection (it cut the
+/// connection, or the run is ending). Closing the Unix connection tells
+/// the proxy the connection is over.
+async fn handed_off(mut client: TcpStream, fd: std::os::fd::OwnedFd, mut socket: UnixStream) {
+    let upstream = std::net::TcpStream::from(fd);
+    let Ok(mut upstream) = upstream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(upstream))
+    else {
         let _ = client.set_zero_linger();
         return;
     };
-    if head.len() > len && client.write_all(&head[len..]).await.is_err() {
-        return;
+    let mut sink = [0u8; 64];
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = socket.read(&mut sink) => {}
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+    if let Ok(upstream) = upstream.into_std() {
+        let _ = upstream.shutdown(std::net::Shutdown::Both);
+    }
 }
