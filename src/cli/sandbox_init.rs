@@ -23,6 +23,10 @@ pub struct SandboxInitArgs {
     /// Read the command from this descriptor (NUL-separated words).
     #[arg(long, value_name = "FD")]
     command_fd: Option<i32>,
+    /// Read the command from this file (NUL-separated words; removed once
+    /// read), where no descriptor can be passed in (gVisor).
+    #[arg(long, value_name = "PATH", conflicts_with = "command_fd")]
+    command_file: Option<PathBuf>,
     /// The uid the command runs as.
     #[arg(long, requires = "gid")]
     uid: Option<u32>,
@@ -44,6 +48,7 @@ pub fn run(args: SandboxInitArgs) -> ExitCode {
     let config = InitConfig {
         report,
         command_fd: args.command_fd,
+        command_file: args.command_file,
         user: args.uid.zip(args.gid),
         command: args.command,
     };

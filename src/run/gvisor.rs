@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::cancel::CancelToken;
 use super::cgroup::RunCgroup;
+use super::init::{DockerInit, InitReport, REPORT_DIR, SANDBOX_BINARY};
 use super::limits::{Limits, NOFILE};
 use super::outcome::Execution;
 use super::output::OutputSink;
@@ -100,20 +101,24 @@ pub enum Mount {
     Hidden(PathBuf),
     /// The script's directory at `/sandbox`.
     Script(PathBuf),
+    /// The `scriptbox` binary, read-only at the init's path.
+    InitBinary(PathBuf),
+    /// The init's report directory, writable, at its path (only the init,
+    /// as root, can write it: it is 0700).
+    InitReport(PathBuf),
 }
 
 /// The OCI runtime spec (`config.json`) for one local run: `rootfs` is the
 /// bundle's empty root directory, prepared by [`prepare_rootfs`].
-pub fn spec(req: &ExecRequest, python: &Path, mounts: &[Mount], uid: u32) -> Value {
+/// `args` is the first process's command.
+///
+/// With an [`Mount::InitBinary`] among `mounts`, the first process is
+/// scriptbox's init, as root with only `CAP_SETUID` and `CAP_SETGID`,
+/// which starts the script as `uid`; without one, the script is the first
+/// process, as `uid`.
+pub fn spec(req: &ExecRequest, args: Vec<String>, mounts: &[Mount], uid: u32) -> Value {
     let limits = &req.limits;
-    let mut args = vec![
-        python.display().to_string(),
-        "-I".into(),
-        "-u".into(),
-        "-B".into(),
-        format!("{}/{}", super::local::SCRIPT_DIR, req.script_name),
-    ];
-    args.extend(req.args.iter().cloned());
+    let with_init = mounts.iter().any(|m| matches!(m, Mount::InitBinary(_)));
     let env: Vec<String> = limits
         .environment()
         .into_iter()
@@ -161,18 +166,30 @@ pub fn spec(req: &ExecRequest, python: &Path, mounts: &[Mount], uid: u32) -> Val
                 "options": ["ro", "nosuid", "nodev", "mode=755", "size=4k"],
             }),
             Mount::Script(dir) => ro_bind(dir, Path::new(super::local::SCRIPT_DIR)),
+            Mount::InitBinary(binary) => ro_bind(binary, Path::new(SANDBOX_BINARY)),
+            Mount::InitReport(dir) => json!({
+                "destination": REPORT_DIR,
+                "type": "bind",
+                "source": dir,
+                "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
+            }),
         });
     }
+    let (user, caps) = if with_init {
+        (0, json!(["CAP_SETUID", "CAP_SETGID"]))
+    } else {
+        (uid, json!([]))
+    };
     json!({
         "ociVersion": "1.0.0",
         "process": {
             "terminal": false,
-            "user": {"uid": uid, "gid": uid},
+            "user": {"uid": user, "gid": user},
             "args": args,
             "env": env,
             "cwd": "/tmp",
-            "capabilities": {"bounding": [], "effective": [], "inheritable": [],
-                             "permitted": [], "ambient": []},
+            "capabilities": {"bounding": caps, "effective": caps, "inheritable": [],
+                             "permitted": caps, "ambient": []},
             "rlimits": rlimits,
             "noNewPrivileges": true,
         },
@@ -186,6 +203,20 @@ pub fn spec(req: &ExecRequest, python: &Path, mounts: &[Mount], uid: u32) -> Val
             ],
         },
     })
+}
+
+/// The script's command: the interpreter on the script, then its
+/// arguments.
+pub fn script_command(req: &ExecRequest, python: &Path) -> Vec<String> {
+    let mut command = vec![
+        python.display().to_string(),
+        "-I".into(),
+        "-u".into(),
+        "-B".into(),
+        format!("{}/{}", super::local::SCRIPT_DIR, req.script_name),
+    ];
+    command.extend(req.args.iter().cloned());
+    command
 }
 
 /// The top-level directories that are links into `/usr` on merged-`/usr`
@@ -232,6 +263,14 @@ pub fn prepare_rootfs(root: &Path, mounts: &[Mount]) -> Result<(), RunError> {
         match mount {
             Mount::Bind(p) | Mount::Hidden(p) => points.push(p.clone()),
             Mount::Script(_) => {}
+            Mount::InitReport(_) => points.push(PathBuf::from(REPORT_DIR)),
+            Mount::InitBinary(_) => {
+                let at = inside(Path::new(SANDBOX_BINARY));
+                if let Some(parent) = at.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+                }
+                fs::write(&at, b"").map_err(|e| io(&at, e))?;
+            }
         }
     }
     for point in points {
@@ -277,6 +316,7 @@ pub fn run(
         Command,
         Option<&RunCgroup>,
         Vec<String>,
+        &mut dyn InitReport,
         &CancelToken,
         &dyn OutputSink,
     ) -> Result<Execution, RunError>,
@@ -290,8 +330,17 @@ pub fn run(
         .prefix("scriptbox-gvisor-")
         .tempdir()
         .map_err(|e| RunError::Io(format!("creating the gVisor bundle: {e}")))?;
-    prepare_rootfs(&bundle.path().join("rootfs"), mounts)?;
-    let config = spec(req, python, mounts, uid);
+    // scriptbox's init is the first process, as under Docker: it reports
+    // how the script ended through a file only it can write.
+    let mut init = DockerInit::new(super::sandbox_binary()?)?;
+    let mut mounts = mounts.to_vec();
+    mounts.push(Mount::InitBinary(init.binary().to_path_buf()));
+    mounts.push(Mount::InitReport(init.report_dir().to_path_buf()));
+    prepare_rootfs(&bundle.path().join("rootfs"), &mounts)?;
+    // The command reaches the init in a file, so that no process's
+    // arguments name the host paths of the interpreter.
+    let args = init.words_with_command_file(uid, uid, &script_command(req, python))?;
+    let config = spec(req, args, &mounts, uid);
     fs::write(
         bundle.path().join("config.json"),
         serde_json::to_vec_pretty(&config).expect("a JSON value serialises"),
@@ -325,7 +374,7 @@ pub fn run(
             .to_string(),
         "rlimit".to_string(),
     ];
-    let exec = supervise(cmd, cgroup.as_ref(), enforcement, cancel, sink);
+    let exec = supervise(cmd, cgroup.as_ref(), enforcement, &mut init, cancel, sink);
     // Stopped at a limit, `runsc run` dies first; its sandbox and gofer
     // go with the cgroup, and the container's state goes here.
     let _ = Command::new(&runsc)

@@ -47,6 +47,8 @@ pub const SANDBOX_BINARY: &str = "/run/scriptbox/scriptbox";
 pub const REPORT_DIR: &str = "/run/scriptbox/report";
 /// The report's file name in that directory.
 const REPORT_FILE: &str = "status";
+/// The command's file in [`REPORT_DIR`], where it is passed as a file.
+const COMMAND_FILE: &str = "command";
 
 /// How the init's child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +142,9 @@ pub struct InitConfig {
     /// A descriptor to read the command from (NUL-separated words),
     /// instead of `command`.
     pub command_fd: Option<i32>,
+    /// A file to read the command from, then remove (NUL-separated
+    /// words), instead of `command`.
+    pub command_file: Option<PathBuf>,
     /// The uid and gid the child takes (no groups, no-new-privileges).
     pub user: Option<(u32, u32)>,
     /// The command.
@@ -193,7 +198,15 @@ pub fn run_init(config: InitConfig) -> Result<i32, InitError> {
                 .map_err(|e| InitError::Io(format!("reading the command: {e}")))?;
             split_words(&bytes)
         }
-        None => config.command,
+        None => match &config.command_file {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| InitError::Io(format!("{}: {e}", path.display())))?;
+                let _ = std::fs::remove_file(path);
+                split_words(&bytes)
+            }
+            None => config.command,
+        },
     };
     let (program, args) = command.split_first().ok_or(InitError::NoCommand)?;
 
@@ -376,6 +389,33 @@ impl LocalInit {
     }
 }
 
+/// How a backend reads the init's report once the sandbox has ended,
+/// whichever channel the init used (a pipe locally, a file in a root-only
+/// directory under Docker and gVisor).
+pub trait InitReport {
+    /// Called once the sandbox has started.
+    fn started(&mut self) {}
+    /// The init's report; `None` when it wrote none (it was killed, or
+    /// never reached).
+    fn report(&self) -> Option<Ended>;
+}
+
+impl InitReport for LocalInit {
+    fn started(&mut self) {
+        LocalInit::started(self);
+    }
+
+    fn report(&self) -> Option<Ended> {
+        LocalInit::report(self)
+    }
+}
+
+impl InitReport for DockerInit {
+    fn report(&self) -> Option<Ended> {
+        DockerInit::report(self)
+    }
+}
+
 /// Puts the init in front of a local sandbox's command: `jail` is bwrap's
 /// options, `--`, and what runs in the sandbox before `command` (such as
 /// `setpriv`); both go to the init through its command file. bwrap gets
@@ -427,6 +467,16 @@ impl DockerInit {
         Ok(DockerInit { dir, binary })
     }
 
+    /// The `scriptbox` binary to bind in at [`SANDBOX_BINARY`].
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// The host directory to bind in, writable, at [`REPORT_DIR`].
+    pub fn report_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The container's binds for the init: the binary and the directory.
     pub fn binds(&self) -> Vec<String> {
         vec![
@@ -461,6 +511,32 @@ impl DockerInit {
             gid.to_string(),
             "--".into(),
         ]
+    }
+
+    /// Writes `command` (no NUL in any word) to the report directory and
+    /// returns the words that start the init on it, with the child as
+    /// `uid`:`gid`: the command then appears in no process's arguments
+    /// (`/proc/1/cmdline` shows no host path).
+    pub fn words_with_command_file(
+        &self,
+        uid: u32,
+        gid: u32,
+        command: &[String],
+    ) -> Result<Vec<String>, RunError> {
+        let mut bytes = Vec::new();
+        for word in command {
+            bytes.extend_from_slice(word.as_bytes());
+            bytes.push(0);
+        }
+        std::fs::write(self.dir.path().join(COMMAND_FILE), bytes)
+            .map_err(|e| RunError::Io(format!("writing the init's command: {e}")))?;
+        let mut words = DockerInit::words(uid, gid);
+        words.pop(); // "--": the command comes from the file
+        words.extend([
+            "--command-file".into(),
+            format!("{REPORT_DIR}/{COMMAND_FILE}"),
+        ]);
+        Ok(words)
     }
 
     /// The init's report, once the container has ended.

@@ -36,7 +36,7 @@ use super::cancel::{CancelReason, CancelToken};
 use super::capture::Capture;
 use super::cgroup::{RunCgroup, join_current};
 use super::gvisor;
-use super::init::{Ended, LocalInit};
+use super::init::{Ended, InitReport};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::OutputSink;
@@ -397,7 +397,7 @@ pub fn run(
         cgroup.as_ref(),
         enforcement,
         Some(&inherited),
-        Some(&mut init),
+        Some(&mut init as &mut dyn InitReport),
         cancel,
         sink,
     );
@@ -455,8 +455,17 @@ fn run_gvisor(
         uid,
         cancel,
         sink,
-        |cmd, cgroup, enforcement, cancel, sink| {
-            supervise(cmd, req, cgroup, enforcement, None, None, cancel, sink)
+        |cmd, cgroup, enforcement, init, cancel, sink| {
+            supervise(
+                cmd,
+                req,
+                cgroup,
+                enforcement,
+                None,
+                Some(init),
+                cancel,
+                sink,
+            )
         },
     );
     drop(script_dir);
@@ -476,7 +485,7 @@ fn supervise(
     mut enforcement: Vec<String>,
     // `None`: neither seccomp fds nor host rlimits (gVisor sets them inside).
     inherited_fds: Option<&[i32]>,
-    mut init: Option<&mut LocalInit>,
+    mut init: Option<&mut dyn InitReport>,
     cancel: &CancelToken,
     sink: &dyn OutputSink,
 ) -> Result<Execution, RunError> {

@@ -1,5 +1,4 @@
 # expect: succeeded
-# not-applicable-gvisor-local: runsc starts the script as pid 1 itself; the init is not used under local gVisor yet
 # stdout: pid 1 is the init
 # stdout: pid 1 cmdline has no host path
 # stdout: pid 1 fds BLOCKED
