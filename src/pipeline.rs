@@ -164,11 +164,6 @@ fn judge(request: &RunRequest) -> Result<Checked, Box<RunOutcome>> {
     if egress.is_some() && request.unsandboxed {
         return Err(error(crate::run::RunError::EgressUnsandboxed.to_string()));
     }
-    if egress.is_some() && profile.isolation == crate::policy::Isolation::Gvisor {
-        return Err(error(
-            crate::run::RunError::EgressUnderGvisor(request.profile.clone()).to_string(),
-        ));
-    }
     let limits = Limits::from(profile);
     let started = Instant::now();
     let options = ValidateOptions {

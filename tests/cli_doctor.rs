@@ -132,15 +132,12 @@ fn without_bwrap_on_path_the_local_backend_is_missing_and_exit_is_2() {
 fn a_bwrap_that_cannot_install_the_seccomp_filter_fails_the_local_backend() {
     // bubblewrap before 0.5: namespaces work, `--add-seccomp-fd` is not
     // in its help, so a local run would refuse to start.
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("bwrap");
-    std::fs::write(
-        &fake,
+    support::write_executable(
+        dir.path(),
+        "bwrap",
         "#!/bin/sh\nif [ \"$1\" = --help ]; then echo 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]'; exit 0; fi\nexec /usr/bin/bwrap \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let path = format!("{}:/usr/bin:/bin", dir.path().display());
     let out = doctor(&["--format", "json"], &[("PATH", &path)]);
     let report = json(&out);

@@ -1092,6 +1092,17 @@ fn sandbox_world() -> &'static SandboxWorld {
              [[allow]]\nname = \"websockets\"\n\n[[allow]]\nname = \"curl_cffi\"\n",
             1,
         );
+        // The same allowlist under gVisor: the profile's section again,
+        // with the isolation set.
+        let start = text.find("[profiles.exchange]").expect("the exchange profile");
+        let section = &text[start..];
+        let end = section[1..].find("\n[").map_or(section.len(), |i| i + 1);
+        let gvisor = section[..end].replacen(
+            "[profiles.exchange]\n",
+            "[profiles.exchange-gvisor]\nisolation = \"gvisor\"\n",
+            1,
+        );
+        let text = format!("{text}\n{gvisor}");
         std::fs::write(&policy, text).unwrap();
         let out = Command::new(BIN)
             .args(["policy", "lock", "--policy"])
@@ -1109,12 +1120,12 @@ fn sandbox_world() -> &'static SandboxWorld {
     })
 }
 
-/// `scriptbox run --profile exchange` of `script` on `backend`; the
+/// `scriptbox run --profile PROFILE` of `script` on `backend`; the
 /// outcome (`scriptbox.run/1`).
-fn sandboxed(backend: &str, script: &Path, args: &[&str]) -> Value {
+fn sandboxed_as(profile: &str, backend: &str, script: &Path, args: &[&str]) -> Value {
     let world = sandbox_world();
     let out = Command::new(BIN)
-        .args(["run", "--profile", "exchange", "--format", "json"])
+        .args(["run", "--profile", profile, "--format", "json"])
         .args(["--backend", backend, "--python", "python3", "--policy"])
         .arg(&world.policy)
         .arg(script)
@@ -1156,6 +1167,18 @@ fn sandboxed_clients_script(dir: &Path) -> PathBuf {
 
 #[test]
 fn every_client_reaches_the_fake_exchange_from_both_sandboxes() {
+    every_client_reaches_the_fake_exchange("exchange");
+}
+
+/// Under gVisor the relay reaches the proxy's socket through runsc's
+/// `--host-uds=open`, and every byte goes through the proxy (descriptors
+/// do not cross into gVisor, so nothing is handed off).
+#[test]
+fn every_client_reaches_the_fake_exchange_under_gvisor_on_both_backends() {
+    every_client_reaches_the_fake_exchange("exchange-gvisor");
+}
+
+fn every_client_reaches_the_fake_exchange(profile: &str) {
     let _turn = exchange_turn(false);
     let dir = tempfile::tempdir().unwrap();
     let script = sandboxed_clients_script(dir.path());
@@ -1178,8 +1201,8 @@ fn every_client_reaches_the_fake_exchange_from_both_sandboxes() {
     ];
     for backend in ["local", "docker"] {
         for (mode, client, url, expect) in &cases {
-            let what = format!("{backend} {mode} {client} {url}");
-            let outcome = sandboxed(backend, &script, &[mode, client, url]);
+            let what = format!("{profile} {backend} {mode} {client} {url}");
+            let outcome = sandboxed_as(profile, backend, &script, &[mode, client, url]);
             assert_eq!(outcome["status"], "succeeded", "{what}: {outcome}");
             let result: Value = serde_json::from_str(outcome["stdout"].as_str().unwrap().trim())
                 .unwrap_or_else(|e| panic!("{what}: {e}: {outcome}"));
@@ -1208,7 +1231,7 @@ fn header_lines(text: &str, key: &str) -> Vec<String> {
 }
 
 #[test]
-fn hostile_egress_cases_are_contained_on_both_backends() {
+fn hostile_egress_cases_are_contained_on_both_backends_and_under_gvisor() {
     let _turn = exchange_turn(true);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/egress");
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -1225,12 +1248,18 @@ fn hostile_egress_cases_are_contained_on_both_backends() {
     );
     let ports = world().ports.to_string();
     let mut failures = Vec::new();
-    for backend in ["local", "docker"] {
+    let runs = [
+        ("exchange", "local"),
+        ("exchange", "docker"),
+        ("exchange-gvisor", "local"),
+        ("exchange-gvisor", "docker"),
+    ];
+    for (profile, backend) in runs {
         for script in &scripts {
             let name = script.file_name().unwrap().to_string_lossy().to_string();
             let text = std::fs::read_to_string(script).unwrap();
-            let outcome = sandboxed(backend, script, &[&ports]);
-            let what = format!("{name} on {backend}");
+            let outcome = sandboxed_as(profile, backend, script, &[&ports]);
+            let what = format!("{name} on {backend} ({profile})");
             let stdout = outcome["stdout"].as_str().unwrap_or_default();
             let stderr = outcome["stderr"].as_str().unwrap_or_default();
             for status in header_lines(&text, "expect") {

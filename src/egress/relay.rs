@@ -75,6 +75,14 @@ pub struct RelayConfig {
     /// for a DNS-over-TCP client.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Ask the proxy for each tunnel's upstream socket ([`handoff`]); off
+    /// where descriptors cannot cross the Unix socket (gVisor drops them).
+    #[serde(default = "default_handoff")]
+    pub handoff: bool,
+}
+
+fn default_handoff() -> bool {
+    true
 }
 
 fn default_dns() -> SocketAddr {
@@ -114,6 +122,7 @@ impl RelayConfig {
             max_names: default_max_names(),
             max_concurrent: default_max_concurrent(),
             timeout_secs: default_timeout_secs(),
+            handoff: default_handoff(),
         }
     }
 
@@ -498,7 +507,7 @@ async fn proxy_connection(mut client: TcpStream, shared: &Shared) {
             _ => break None,
         }
     };
-    if let Some(head) = head.filter(|h| h.method == "CONNECT")
+    if let Some(head) = head.filter(|h| h.method == "CONNECT" && shared.config.handoff)
         && let Some(request) = buf[..head.len].strip_suffix(b"\r\n\r\n")
     {
         let mut request = request.to_vec();
@@ -541,10 +550,12 @@ async fn accept_transparent(listener: TcpListener, name: String, shared: Arc<Sha
 /// One transparent connection: a [`tunnel`] to `name:port`, whose
 /// refusal resets the client's connection so it fails at once.
 async fn transparent_connection(client: TcpStream, name: &str, port: u16, shared: &Shared) {
-    let request = format!(
-        "CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n{}: fd\r\n\r\n",
-        handoff::HEADER
-    );
+    let ask = if shared.config.handoff {
+        format!("{}: fd\r\n", handoff::HEADER)
+    } else {
+        String::new()
+    };
+    let request = format!("CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n{ask}\r\n");
     tunnel(client, request.into_bytes(), Vec::new(), false, shared).await;
 }
 
@@ -641,6 +652,14 @@ async fn tunnel(
                             let _ = client.write_all(&answer[len..]).await;
                             let _ = tokio::io::copy(&mut socket, &mut client).await;
                             let _ = client.shutdown().await;
+                            return;
+                        }
+                        if !shared.config.handoff {
+                            // No verdict comes: the proxy relays the rest.
+                            if client.write_all(&answer[len..]).await.is_err() {
+                                return;
+                            }
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
                             return;
                         }
                         head_len = Some(len);

@@ -31,16 +31,19 @@ pub struct EgressSession {
 
 impl EgressSession {
     /// Makes the directory (readable by the sandbox's uid), starts the
-    /// proxy on `proxy.sock` in it, and writes the relay's files.
-    pub fn start(config: EgressConfig) -> Result<EgressSession, EgressError> {
+    /// proxy on `proxy.sock` in it, and writes the relay's files. `handoff`
+    /// off: the relay never asks for upstream sockets (under gVisor, where
+    /// descriptors do not cross a host Unix socket).
+    pub fn start(config: EgressConfig, handoff: bool) -> Result<EgressSession, EgressError> {
         use std::os::unix::fs::PermissionsExt;
         let io = |what: &str, e: std::io::Error| EgressError::Io(format!("{what}: {e}"));
         let dir = crate::dirs::temp_dir_with_mode("scriptbox-egress-", 0o755)
             .map_err(|e| io("creating the egress directory", e))?;
-        let relay = RelayConfig::new(
+        let mut relay = RelayConfig::new(
             Path::new(SANDBOX_DIR).join("proxy.sock"),
             config.allow.clone(),
         );
+        relay.handoff = handoff;
         let files = [
             (
                 "relay.json",

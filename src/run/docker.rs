@@ -123,12 +123,22 @@ fn container_config(
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let mut cmd = DockerInit::words(SANDBOX_UID, SANDBOX_UID);
+    let gvisor = limits.isolation == Isolation::Gvisor;
+    // gVisor's network stack lets only a privileged process bind the
+    // relay's DNS port: there the init's child stays root, the relay binds
+    // and drops itself, and setpriv drops the script.
+    let root_relay = gvisor && egress.is_some();
+    let mut cmd = if root_relay {
+        DockerInit::words_for(None)
+    } else {
+        DockerInit::words(SANDBOX_UID, SANDBOX_UID)
+    };
+    let mut caps = DockerInit::caps();
     // The network's one way out (the container's network stays `none`):
     // the relay beside the script (the init's binary, bound already), the
     // host proxy's socket in the session directory, and name lookups sent
-    // to the relay's stub. The engine lets containers bind ports below
-    // 1024, so the relay needs no capability for its DNS port.
+    // to the relay's stub. Under runc the engine lets containers bind
+    // ports below 1024, so the relay needs no capability for its DNS port.
     if let Some(session) = egress {
         egress_binds.push(format!("{}:{SANDBOX_DIR}:ro", session.host_dir().display()));
         for (file, target) in session.etc_files() {
@@ -140,7 +150,13 @@ fn container_config(
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}")),
         );
-        cmd.extend(session.relay_prefix(None));
+        if root_relay {
+            cmd.extend(session.relay_prefix(Some(SANDBOX_UID)));
+            cmd.extend(super::drop_to_words(SANDBOX_UID));
+            caps.extend(["NET_BIND_SERVICE".to_string(), "SETPCAP".to_string()]);
+        } else {
+            cmd.extend(session.relay_prefix(None));
+        }
     }
     cmd.extend([
         "python3".to_string(),
@@ -153,7 +169,6 @@ fn container_config(
     let mut binds = vec![format!("{script_dir}:{SCRIPT_DIR}:ro")];
     binds.extend(init.binds());
     binds.extend(egress_binds);
-    let gvisor = limits.isolation == Isolation::Gvisor;
     if gvisor {
         cmd.splice(0..0, super::gvisor::docker_command_prefix(limits));
     }
@@ -178,7 +193,7 @@ fn container_config(
         // /dev/shm is another writable tmpfs: no larger than /tmp.
         shm_size: Some(limits.tmp as i64),
         cap_drop: Some(vec!["ALL".into()]),
-        cap_add: Some(DockerInit::caps()),
+        cap_add: Some(caps),
         security_opt: Some(vec!["no-new-privileges".into()]),
         // Under gVisor the profile's count is set inside (see
         // `gvisor::docker_command_prefix`); the cgroup leaves room for
@@ -262,7 +277,12 @@ pub fn run(
     let stdin = req.stdin.read()?;
     let init = DockerInit::new(super::sandbox_binary()?)?;
 
-    let session = req.egress.clone().map(EgressSession::start).transpose()?;
+    let gvisor = req.limits.isolation == Isolation::Gvisor;
+    let session = req
+        .egress
+        .clone()
+        .map(|config| EgressSession::start(config, !gvisor))
+        .transpose()?;
     let body = container_config(
         image,
         req,

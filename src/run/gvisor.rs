@@ -31,6 +31,8 @@ use super::limits::{Limits, NOFILE};
 use super::outcome::Execution;
 use super::output::OutputSink;
 use super::{ExecRequest, RunError};
+use crate::egress::EgressSession;
+use crate::egress::session::SANDBOX_DIR;
 
 /// The engine runtime name the docker backend asks for.
 pub const DOCKER_RUNTIME: &str = "runsc";
@@ -106,22 +108,39 @@ pub enum Mount {
     /// The init's report directory, writable, at its path (only the init,
     /// as root, can write it: it is 0700).
     InitReport(PathBuf),
+    /// A host file or directory at another path, read-only (the egress
+    /// session's directory and its `/etc` files).
+    At {
+        /// The host path.
+        source: PathBuf,
+        /// Where it appears.
+        destination: PathBuf,
+    },
 }
 
 /// The OCI runtime spec (`config.json`) for one local run: `rootfs` is the
 /// bundle's empty root directory, prepared by [`prepare_rootfs`].
-/// `args` is the first process's command.
+/// `args` is the first process's command, `env` goes beside the
+/// profile's variables.
 ///
 /// With an [`Mount::InitBinary`] among `mounts`, the first process is
-/// scriptbox's init, as root with only `CAP_SETUID` and `CAP_SETGID`,
-/// which starts the script as `uid`; without one, the script is the first
-/// process, as `uid`.
-pub fn spec(req: &ExecRequest, args: Vec<String>, mounts: &[Mount], uid: u32) -> Value {
+/// scriptbox's init, as root with only `caps` (it drops the script to
+/// `uid`, or the command does); without one, the script is the first
+/// process, as `uid`, with none.
+pub fn spec(
+    req: &ExecRequest,
+    args: Vec<String>,
+    env: &[(String, String)],
+    mounts: &[Mount],
+    uid: u32,
+    caps: &[&str],
+) -> Value {
     let limits = &req.limits;
     let with_init = mounts.iter().any(|m| matches!(m, Mount::InitBinary(_)));
     let env: Vec<String> = limits
         .environment()
         .into_iter()
+        .chain(env.iter().cloned())
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     let rlimits: Vec<Value> = guest_rlimits(limits)
@@ -173,10 +192,14 @@ pub fn spec(req: &ExecRequest, args: Vec<String>, mounts: &[Mount], uid: u32) ->
                 "source": dir,
                 "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
             }),
+            Mount::At {
+                source,
+                destination,
+            } => ro_bind(source, destination),
         });
     }
     let (user, caps) = if with_init {
-        (0, json!(["CAP_SETUID", "CAP_SETGID"]))
+        (0, json!(caps))
     } else {
         (uid, json!([]))
     };
@@ -264,6 +287,17 @@ pub fn prepare_rootfs(root: &Path, mounts: &[Mount]) -> Result<(), RunError> {
             Mount::Bind(p) | Mount::Hidden(p) => points.push(p.clone()),
             Mount::Script(_) => {}
             Mount::InitReport(_) => points.push(PathBuf::from(REPORT_DIR)),
+            Mount::At {
+                source,
+                destination,
+            } if source.is_dir() => points.push(destination.clone()),
+            Mount::At { destination, .. } => {
+                let at = inside(destination);
+                if let Some(parent) = at.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+                }
+                fs::write(&at, b"").map_err(|e| io(&at, e))?;
+            }
             Mount::InitBinary(_) => {
                 let at = inside(Path::new(SANDBOX_BINARY));
                 if let Some(parent) = at.parent() {
@@ -310,6 +344,7 @@ pub fn run(
     python: &Path,
     mounts: &[Mount],
     uid: u32,
+    egress: Option<&EgressSession>,
     cancel: &CancelToken,
     sink: &dyn OutputSink,
     supervise: impl FnOnce(
@@ -336,11 +371,37 @@ pub fn run(
     let mut mounts = mounts.to_vec();
     mounts.push(Mount::InitBinary(init.binary().to_path_buf()));
     mounts.push(Mount::InitReport(init.report_dir().to_path_buf()));
-    prepare_rootfs(&bundle.path().join("rootfs"), &mounts)?;
+    let mut caps = vec!["CAP_SETUID", "CAP_SETGID"];
+    let mut env = Vec::new();
     // The command reaches the init in a file, so that no process's
     // arguments name the host paths of the interpreter.
-    let args = init.words_with_command_file(uid, uid, &script_command(req, python))?;
-    let config = spec(req, args, &mounts, uid);
+    let args = match egress {
+        None => init.words_with_command_file(Some((uid, uid)), &script_command(req, python))?,
+        // The relay beside the script, as on the other backends; gVisor's
+        // network stack lets only a privileged process bind its DNS port,
+        // so the init's child stays root, the relay drops itself, and
+        // setpriv drops the script.
+        Some(session) => {
+            mounts.push(Mount::At {
+                source: session.host_dir().to_path_buf(),
+                destination: PathBuf::from(SANDBOX_DIR),
+            });
+            for (file, target) in session.etc_files() {
+                mounts.push(Mount::At {
+                    source: file,
+                    destination: PathBuf::from(target),
+                });
+            }
+            env = session.environment();
+            caps.extend(["CAP_NET_BIND_SERVICE", "CAP_SETPCAP"]);
+            let mut command = session.relay_prefix(Some(uid));
+            command.extend(super::drop_to_words(uid));
+            command.extend(script_command(req, python));
+            init.words_with_command_file(None, &command)?
+        }
+    };
+    prepare_rootfs(&bundle.path().join("rootfs"), &mounts)?;
+    let config = spec(req, args, &env, &mounts, uid, &caps);
     fs::write(
         bundle.path().join("config.json"),
         serde_json::to_vec_pretty(&config).expect("a JSON value serialises"),
@@ -361,7 +422,10 @@ pub fn run(
     // own, out of the run's (found: a memory bomb grew past 900 MB).
     cmd.arg("--root")
         .arg(&state)
-        .args(["--network=none", "--ignore-cgroups", "run", "--bundle"])
+        .args(["--network=none", "--ignore-cgroups"])
+        // The relay inside reaches the host proxy's Unix socket.
+        .args(egress.map(|_| "--host-uds=open"))
+        .args(["run", "--bundle"])
         .arg(bundle.path())
         .arg(&id)
         .env_clear()

@@ -500,27 +500,38 @@ impl DockerInit {
     /// The words that start the init, with the child as `uid`:`gid`;
     /// the command follows.
     pub fn words(uid: u32, gid: u32) -> Vec<String> {
-        vec![
+        DockerInit::words_for(Some((uid, gid)))
+    }
+
+    /// The words that start the init; its child stays root when `user` is
+    /// `None` (then the command must drop privileges itself). The command
+    /// follows.
+    pub fn words_for(user: Option<(u32, u32)>) -> Vec<String> {
+        let mut words = vec![
             SANDBOX_BINARY.into(),
             "sandbox-init".into(),
             "--status-file".into(),
             format!("{REPORT_DIR}/{REPORT_FILE}"),
-            "--uid".into(),
-            uid.to_string(),
-            "--gid".into(),
-            gid.to_string(),
-            "--".into(),
-        ]
+        ];
+        if let Some((uid, gid)) = user {
+            words.extend([
+                "--uid".into(),
+                uid.to_string(),
+                "--gid".into(),
+                gid.to_string(),
+            ]);
+        }
+        words.push("--".into());
+        words
     }
 
     /// Writes `command` (no NUL in any word) to the report directory and
-    /// returns the words that start the init on it, with the child as
-    /// `uid`:`gid`: the command then appears in no process's arguments
+    /// returns the words that start the init on it ([`DockerInit::words_for`]
+    /// `user`): the command then appears in no process's arguments
     /// (`/proc/1/cmdline` shows no host path).
     pub fn words_with_command_file(
         &self,
-        uid: u32,
-        gid: u32,
+        user: Option<(u32, u32)>,
         command: &[String],
     ) -> Result<Vec<String>, RunError> {
         let mut bytes = Vec::new();
@@ -530,7 +541,7 @@ impl DockerInit {
         }
         std::fs::write(self.dir.path().join(COMMAND_FILE), bytes)
             .map_err(|e| RunError::Io(format!("writing the init's command: {e}")))?;
-        let mut words = DockerInit::words(uid, gid);
+        let mut words = DockerInit::words_for(user);
         words.pop(); // "--": the command comes from the file
         words.extend([
             "--command-file".into(),

@@ -257,19 +257,7 @@ fn jail_args(
         if let Some(egress) = egress {
             a.extend(egress.session.relay_prefix(Some(uid)));
         }
-        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        push(&[
-            "/usr/bin/setpriv",
-            "--reuid",
-            &id,
-            "--regid",
-            &id,
-            "--clear-groups",
-            "--no-new-privs",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--",
-        ]);
+        a.extend(super::drop_to_words(uid));
     } else {
         push(&["--unshare-user", "--uid", &id, "--gid", &id]);
         if let Some(egress) = egress {
@@ -363,7 +351,11 @@ pub fn run(
 
     let (binds, hidden) = sandbox_paths(venv, site_packages)?;
     let cgroup = RunCgroup::create(&run_id.to_string(), &req.limits);
-    let session = req.egress.clone().map(EgressSession::start).transpose()?;
+    let session = req
+        .egress
+        .clone()
+        .map(|config| EgressSession::start(config, true))
+        .transpose()?;
     let egress = session.as_ref().map(|session| EgressJail { session });
     let jail = jail_args(
         req,
@@ -448,11 +440,18 @@ fn run_gvisor(
     let mut mounts: Vec<gvisor::Mount> = binds.into_iter().map(gvisor::Mount::Bind).collect();
     mounts.extend(hidden.into_iter().map(gvisor::Mount::Hidden));
     mounts.push(gvisor::Mount::Script(script_dir.path().to_path_buf()));
+    // Descriptors do not cross a host Unix socket into gVisor: no handoff.
+    let session = req
+        .egress
+        .clone()
+        .map(|config| EgressSession::start(config, false))
+        .transpose()?;
     let exec = gvisor::run(
         req,
         python,
         &mounts,
         uid,
+        session.as_ref(),
         cancel,
         sink,
         |cmd, cgroup, enforcement, init, cancel, sink| {
@@ -468,6 +467,10 @@ fn run_gvisor(
             )
         },
     );
+    let mut exec = exec;
+    if let Ok(exec) = exec.as_mut() {
+        super::finish_egress(session, exec, sink);
+    }
     drop(script_dir);
     exec
 }

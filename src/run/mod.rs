@@ -125,12 +125,6 @@ pub enum RunError {
         "--unsandboxed cannot enforce an egress allowlist (the profile has network = \"allowlist\"): run it sandboxed, or use a profile with network = \"none\""
     )]
     EgressUnsandboxed,
-    /// The egress relay is not carried into gVisor yet: refusing beats a
-    /// run without the network its profile promises.
-    #[error(
-        "profile '{0}' has network = \"allowlist\" and isolation = \"gvisor\": egress is not carried under gVisor yet; use isolation = \"namespaces\" for this profile"
-    )]
-    EgressUnderGvisor(String),
     /// The run's egress proxy could not start.
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),
@@ -155,6 +149,30 @@ pub fn script_dir(req: &ExecRequest) -> Result<tempfile::TempDir, RunError> {
         .and_then(|()| std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o444)))
         .map_err(|e| RunError::Io(format!("writing the script: {e}")))?;
     Ok(dir)
+}
+
+/// The words that drop a root process to `uid` (its gid too, no groups,
+/// no capabilities in any set, no new privileges) and then execute the
+/// command after them: for a sandbox whose first command runs as root
+/// (the egress relay needs root's port 53, then the script must have
+/// nothing).
+pub fn drop_to_words(uid: u32) -> Vec<String> {
+    let id = uid.to_string();
+    [
+        "/usr/bin/setpriv",
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect()
 }
 
 /// A file name safe to use inside the sandbox for a script at `path`.

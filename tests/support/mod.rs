@@ -76,6 +76,25 @@ pub fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
+/// Writes an executable script at `dir/name`. The file is written by a
+/// child process (`install`), never through a descriptor of this one: a
+/// test binary forks on many threads, and a child forked while this
+/// process held the file open for writing would make running it fail
+/// with "Text file busy" until that child executes.
+pub fn write_executable(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let source = dir.join(format!("{name}.source"));
+    fs::write(&source, content).unwrap();
+    let path = dir.join(name);
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&source)
+        .arg(&path)
+        .status()
+        .expect("install runs");
+    assert!(status.success(), "install {}", path.display());
+    path
+}
+
 /// Tests that run containers, or count them, take turns within one test
 /// crate: a count must not see another test's container.
 pub fn engine_turn() -> std::sync::MutexGuard<'static, ()> {
