@@ -18,11 +18,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use scriptbox::egress::{EgressConfig, EgressReport, HostProxy, HostProxyHandle, Reason};
+
+mod support;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_scriptbox");
 
-fn support(file: &str) -> PathBuf {
+fn support_file(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(file)
@@ -75,7 +77,7 @@ fn world() -> &'static World {
         assert!(status.success(), "installing the test clients failed");
         let (ca, cert, key) = make_certificates(dir.path());
         let mut exchange = Command::new(&python)
-            .arg(support("fake_exchange.py"))
+            .arg(support_file("fake_exchange.py"))
             .args([&cert, &key])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -366,7 +368,7 @@ fn python_client(client: &str, url: &str, extra: Option<&str>, env: &[(String, S
         .env("HOME", "/tmp")
         .env("EGRESS_CA", &world.ca)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .arg(support("egress_clients.py"))
+        .arg(support_file("egress_clients.py"))
         .args([client, url]);
     if let Some(extra) = extra {
         command.arg(extra);
@@ -953,7 +955,7 @@ fn a_handed_off_tunnel_is_counted_and_cut_by_the_proxy() {
     let _turn = exchange_turn(false);
     let h = Harness::new("");
     let out = Command::new(&world().python)
-        .arg(support("handoff_client.py"))
+        .arg(support_file("handoff_client.py"))
         .arg(h.socket())
         .args(["api.exchange.test", &port("https").to_string()])
         .arg(&world().ca)
@@ -1150,7 +1152,7 @@ fn sandboxed_as(profile: &str, backend: &str, script: &Path, args: &[&str]) -> V
 /// client goes the transparent way (the stub's answer, the listener on it).
 fn sandboxed_clients_script(dir: &Path) -> PathBuf {
     let ca = std::fs::read_to_string(&world().ca).unwrap();
-    let clients = std::fs::read_to_string(support("egress_clients.py")).unwrap();
+    let clients = std::fs::read_to_string(support_file("egress_clients.py")).unwrap();
     let prelude = format!(
         "import os, sys\n\
          with open('/tmp/egress-ca.pem', 'w') as f:\n    f.write('''{ca}''')\n\
@@ -1234,13 +1236,7 @@ fn header_lines(text: &str, key: &str) -> Vec<String> {
 fn hostile_egress_cases_are_contained_on_both_backends_and_under_gvisor() {
     let _turn = exchange_turn(true);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/egress");
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "py"))
-        .collect();
-    scripts.sort();
+    let scripts = support::python_scripts(&dir);
     assert!(
         scripts.len() >= 11,
         "{} hostile egress scripts",

@@ -179,13 +179,7 @@ fn contained(policy: &Path, prefix: &str) {
     let mut sentinel = Command::new("sleep").arg("600").spawn().unwrap();
     let run_dirs_before = run_dirs();
 
-    let mut scripts: Vec<PathBuf> = fs::read_dir(repo().join("tests/hostile"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "py"))
-        .collect();
-    scripts.sort();
+    let scripts = support::python_scripts(&repo().join("tests/hostile"));
     assert!(scripts.len() >= 20, "{} hostile scripts", scripts.len());
 
     let scriptbox = |script: &Path, backend: &str| {

@@ -76,6 +76,19 @@ pub fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
+/// The Python scripts (`*.py`) directly in `dir`, sorted: a suite of
+/// scripts, each naming what it expects in its own header lines.
+pub fn python_scripts(dir: &Path) -> Vec<PathBuf> {
+    let mut scripts: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "py"))
+        .collect();
+    scripts.sort();
+    scripts
+}
+
 /// Writes an executable script at `dir/name`. The file is written by a
 /// child process (`install`), never through a descriptor of this one: a
 /// test binary forks on many threads, and a child forked while this
