@@ -1180,6 +1180,48 @@ fn every_client_reaches_the_fake_exchange_under_gvisor_on_both_backends() {
     every_client_reaches_the_fake_exchange("exchange-gvisor");
 }
 
+/// A connection per request, many more than the relay's 100 slots: each
+/// must end and free its slot. (Under gVisor the end of a host Unix socket
+/// can come with no readiness event; before the relay also read the
+/// socket directly, a run like this one failed after about 100.)
+#[test]
+fn connections_one_after_another_all_end_in_every_sandbox() {
+    let _turn = exchange_turn(false);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sequential.py");
+    std::fs::write(
+        &script,
+        r#"import http.client, os, ssl, sys
+open("/tmp/ca.pem", "w").write(sys.argv[1])
+ctx = ssl.create_default_context(cafile="/tmp/ca.pem")
+host, port = os.environ["HTTPS_PROXY"].split("//")[1].split(":")
+ok = 0
+for i in range(250):
+    c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+    c.set_tunnel("api.exchange.test", int(sys.argv[2]))
+    c.request("GET", "/v8/quote")
+    r = c.getresponse()
+    ok += r.status == 200 and b"AAPL" in r.read()
+    c.close()
+print("ok", ok)
+"#,
+    )
+    .unwrap();
+    let ca = std::fs::read_to_string(&world().ca).unwrap();
+    let https = port("https").to_string();
+    for (profile, backend) in [
+        ("exchange", "local"),
+        ("exchange-gvisor", "local"),
+        ("exchange-gvisor", "docker"),
+    ] {
+        let outcome = sandboxed_as(profile, backend, &script, &[&ca, &https]);
+        let what = format!("{profile} on {backend}");
+        assert_eq!(outcome["status"], "succeeded", "{what}: {outcome}");
+        assert_eq!(outcome["stdout"], "ok 250\n", "{what}: {outcome}");
+        assert_eq!(outcome["egress"]["allowed"], 250, "{what}");
+    }
+}
+
 fn every_client_reaches_the_fake_exchange(profile: &str) {
     let _turn = exchange_turn(false);
     let dir = tempfile::tempdir().unwrap();

@@ -523,7 +523,7 @@ async fn proxy_connection(mut client: TcpStream, shared: &Shared) {
         let _ = client.set_zero_linger();
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+    pipe_through_proxy(&mut client, &mut socket).await;
 }
 
 async fn accept_transparent(listener: TcpListener, name: String, shared: Arc<Shared>) {
@@ -650,8 +650,8 @@ async fn tunnel(
                             }
                             // The refusal's body, then the proxy closes.
                             let _ = client.write_all(&answer[len..]).await;
-                            let _ = tokio::io::copy(&mut socket, &mut client).await;
-                            let _ = client.shutdown().await;
+                            let (mut from, _) = socket.split();
+                            let _ = socket_to_client(&mut from, &mut client).await;
                             return;
                         }
                         if !shared.config.handoff {
@@ -659,7 +659,7 @@ async fn tunnel(
                             if client.write_all(&answer[len..]).await.is_err() {
                                 return;
                             }
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+                            pipe_through_proxy(&mut client, &mut socket).await;
                             return;
                         }
                         head_len = Some(len);
@@ -686,13 +686,13 @@ async fn tunnel(
                         if client.write_all(&after).await.is_err() {
                             return;
                         }
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut socket).await;
+                        pipe_through_proxy(&mut client, &mut socket).await;
                         return;
                     }
                     Some(Verdict::Refused) => {
                         let _ = client.write_all(&after).await;
-                        let _ = tokio::io::copy(&mut socket, &mut client).await;
-                        let _ = client.shutdown().await;
+                        let (mut from, _) = socket.split();
+                        let _ = socket_to_client(&mut from, &mut client).await;
                         return;
                     }
                     None => return reset(client),
@@ -700,6 +700,55 @@ async fn tunnel(
             }
         }
     }
+}
+
+/// How often a copy from the proxy's socket also reads it directly, in
+/// case a readiness event was lost ([`socket_to_client`]).
+const SOCKET_PROBE: Duration = Duration::from_millis(250);
+
+/// Copies both ways between the client and the proxy's socket until both
+/// are done (each side's end passed on as a half-close), reading the
+/// socket as [`socket_to_client`] does.
+async fn pipe_through_proxy(client: &mut TcpStream, socket: &mut UnixStream) {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut socket_read, mut socket_write) = socket.split();
+    let up = async {
+        let _ = tokio::io::copy(&mut client_read, &mut socket_write).await;
+        let _ = socket_write.shutdown().await;
+    };
+    let down = socket_to_client(&mut socket_read, &mut client_write);
+    let _ = tokio::join!(up, down);
+}
+
+/// Copies the proxy's socket to the client until the socket ends, then
+/// ends the client's side. Besides waiting for readiness, it reads the
+/// socket directly every [`SOCKET_PROBE`]: under gVisor the end of a host
+/// Unix socket can arrive with no readiness event (seen with runsc
+/// 20221219 on about half the connections of a run that opened one per
+/// request), and a connection that never ends holds a relay slot for good.
+async fn socket_to_client<W: tokio::io::AsyncWrite + Unpin>(
+    socket: &mut tokio::net::unix::ReadHalf<'_>,
+    client: &mut W,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = socket.read(&mut buf) => read?,
+            _ = tokio::time::sleep(SOCKET_PROBE) => {
+                let fd = AsRef::<UnixStream>::as_ref(socket).as_fd();
+                match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+                    Ok((n, _)) => n,
+                    Err(rustix::io::Errno::AGAIN) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        client.write_all(&buf[..n]).await?;
+    }
+    client.shutdown().await
 }
 
 /// Copies between the client and the socket the proxy handed over, until
