@@ -610,13 +610,23 @@ async fn tunnel(
                     first_sent = first_complete(&seen);
                 }
             },
-            ready = socket.readable() => {
-                if ready.is_err() {
-                    return reset(client);
+            // The probe: see socket_to_client.
+            ready = async {
+                tokio::select! {
+                    ready = socket.readable() => ready.map(|()| true),
+                    _ = tokio::time::sleep(SOCKET_PROBE) => Ok(false),
                 }
-                let received = socket.try_io(Interest::READABLE, || {
+            } => {
+                let Ok(signalled) = ready else {
+                    return reset(client);
+                };
+                let received = if signalled {
+                    socket.try_io(Interest::READABLE, || {
+                        handoff::recv_with_fd(socket.as_fd(), &mut from_proxy)
+                    })
+                } else {
                     handoff::recv_with_fd(socket.as_fd(), &mut from_proxy)
-                });
+                };
                 let (n, fd) = match received {
                     Ok(got) => got,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
