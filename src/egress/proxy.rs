@@ -570,7 +570,12 @@ async fn handle(mut client: UnixStream, mut tracked: Tracked) {
         }
         tracked.record.bytes_up += leftover.len() as u64;
     }
-    let cut = if wants_handoff && state.budget_left() >= HANDOFF_MIN_BUDGET {
+    // A connection is handed off only where the kernel counts its bytes
+    // (TCP_INFO with byte counters: Linux 4.19 or newer).
+    let cut = if wants_handoff
+        && state.budget_left() >= HANDOFF_MIN_BUDGET
+        && handoff::tcp_counters(upstream.as_fd()).is_ok()
+    {
         hand_off(client, upstream, &state, &mut tracked.record).await
     } else {
         if wants_handoff && client.write_all(&[Verdict::Piped as u8]).await.is_err() {
