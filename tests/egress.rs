@@ -936,15 +936,21 @@ fn the_byte_cap_cuts_a_connection() {
         "under the cap",
     );
     let big = format!("http://api.exchange.test:{}/big/1000000", port("http"));
-    let r = h.via_proxy("requests", &big, None);
-    assert_eq!(r["ok"], false, "a megabyte is over a 256K cap: {r}");
-    let report = h.finish();
-    let cut = report
-        .connections
-        .iter()
-        .find(|c| c.reason == Some(Reason::ByteCap))
-        .expect("the big download is cut");
+    let cut = download_cut_at_the_cap(h, &big);
     assert!(cut.allowed && cut.bytes_down <= 256 * 1024, "{cut:?}");
+}
+
+/// Downloads `url` through the harness's proxy port, which must fail, and
+/// returns the record the proxy cut at the byte cap.
+fn download_cut_at_the_cap(h: Harness, url: &str) -> scriptbox::egress::ConnectionRecord {
+    let r = h.via_proxy("requests", url, None);
+    assert_eq!(r["ok"], false, "{url} is over the cap: {r}");
+    let report = h.finish();
+    report
+        .connections
+        .into_iter()
+        .find(|c| c.reason == Some(Reason::ByteCap))
+        .unwrap_or_else(|| panic!("{url} is not cut at the cap"))
 }
 
 /// The handoff protocol spoken by hand: the proxy checks the ClientHello,
@@ -1002,14 +1008,7 @@ fn a_handed_off_download_is_cut_at_the_byte_cap() {
     let _turn = exchange_turn(false);
     let h = Harness::new("egress_bytes = \"20M\"");
     let big = format!("https://api.exchange.test:{}/big/200000000", port("https"));
-    let r = h.via_proxy("requests", &big, None);
-    assert_eq!(r["ok"], false, "200 MB is over a 20M cap: {r}");
-    let report = h.finish();
-    let cut = report
-        .connections
-        .iter()
-        .find(|c| c.reason == Some(Reason::ByteCap))
-        .unwrap_or_else(|| panic!("the big download is cut: {report:?}"));
+    let cut = download_cut_at_the_cap(h, &big);
     assert!(cut.allowed && cut.bytes_down >= 20 << 20, "{cut:?}");
     assert!(
         cut.bytes_down < 200_000_000,
