@@ -495,8 +495,8 @@ fn check_cgroups() -> Check {
 }
 
 /// The kernel's seccomp, then what the local backend needs of it: its
-/// filter compiles for this architecture and bwrap can install it (a
-/// local run refuses to start without the filter).
+/// filter compiles for this architecture (a local run refuses to start
+/// without the filter, which the sandbox's init installs).
 fn check_seccomp() -> Check {
     const NAME: &str = "seccomp";
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -526,16 +526,10 @@ fn check_seccomp() -> Check {
     if let Err(e) = seccomp::compile(std::env::consts::ARCH) {
         return Check::missing(NAME, format!("{kernel}; {e}"), "seccomp.arch");
     }
-    match find_bwrap() {
-        Some(bwrap) => match seccomp::check_bwrap(&bwrap) {
-            Ok(()) => Check::ok(
-                NAME,
-                format!("{kernel}; the local sandbox installs scriptbox's filter through bwrap"),
-            ),
-            Err(e) => Check::missing(NAME, format!("{kernel}; {e}"), "seccomp.bwrap"),
-        },
-        None => Check::ok(NAME, format!("{kernel}; scriptbox's filter compiles")),
-    }
+    Check::ok(
+        NAME,
+        format!("{kernel}; the local sandbox's init installs scriptbox's filter"),
+    )
 }
 
 fn check_runsc() -> Check {

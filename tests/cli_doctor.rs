@@ -129,34 +129,6 @@ fn without_bwrap_on_path_the_local_backend_is_missing_and_exit_is_2() {
 }
 
 #[test]
-fn a_bwrap_that_cannot_install_the_seccomp_filter_fails_the_local_backend() {
-    // bubblewrap before 0.5: namespaces work, `--add-seccomp-fd` is not
-    // in its help, so a local run would refuse to start.
-    let dir = tempfile::tempdir().unwrap();
-    support::write_executable(
-        dir.path(),
-        "bwrap",
-        "#!/bin/sh\nif [ \"$1\" = --help ]; then echo 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]'; exit 0; fi\nexec /usr/bin/bwrap \"$@\"\n",
-    );
-    let path = format!("{}:/usr/bin:/bin", dir.path().display());
-    let out = doctor(&["--format", "json"], &[("PATH", &path)]);
-    let report = json(&out);
-    assert_eq!(check(&report, "bwrap")["status"], "ok", "{report}");
-    let seccomp = check(&report, "seccomp");
-    assert_eq!(seccomp["status"], "missing", "{seccomp}");
-    assert!(
-        seccomp["detail"]
-            .as_str()
-            .unwrap()
-            .contains("--add-seccomp-fd"),
-        "{seccomp}"
-    );
-    assert!(fix(seccomp).contains("bubblewrap"), "{seccomp}");
-    assert_eq!(report["backends"]["local"], false);
-    assert_eq!(out.status.code(), Some(2));
-}
-
-#[test]
 fn an_engine_that_does_not_answer_is_missing_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let socket = format!("unix://{}", dir.path().join("no-docker.sock").display());

@@ -79,6 +79,16 @@ fn directive(script: &Path, key: &str, tag: &str) -> Option<String> {
     find(format!("# {key}-{tag}: ")).or_else(|| find(format!("# {key}: ")))
 }
 
+/// The host interpreter's prefix (`sys.base_prefix`).
+fn host_prefix() -> String {
+    let out = Command::new(python())
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Processes on the host whose real uid is in the local backend's range.
 fn sandbox_processes() -> Vec<String> {
     let mut found = Vec::new();
@@ -178,6 +188,14 @@ fn contained(policy: &Path, prefix: &str) {
     let connected = Arc::new(AtomicBool::new(false));
     let mut sentinel = Command::new("sleep").arg("600").spawn().unwrap();
     let run_dirs_before = run_dirs();
+    // host_paths.py reads the host's paths on its standard input (as
+    // arguments they would be in pid 1's command line under Docker).
+    let host_paths = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        host_paths.path(),
+        format!("{}\n{}\n{BIN}\n", cache.path().display(), host_prefix()),
+    )
+    .unwrap();
 
     let scripts = support::python_scripts(&repo().join("tests/hostile"));
     assert!(scripts.len() >= 20, "{} hostile scripts", scripts.len());
@@ -193,6 +211,9 @@ fn contained(policy: &Path, prefix: &str) {
             .env("SCRIPTBOX_CACHE_DIR", cache.path())
             .env("SCRIPTBOX_HOSTILE_MARKER", &marker)
             .stdin(Stdio::null());
+        if script.file_stem().unwrap() == "host_paths" {
+            cmd.arg("--stdin").arg(host_paths.path());
+        }
         cmd.arg("--");
         match script.file_stem().unwrap().to_str().unwrap() {
             "read_planted" => {
@@ -354,6 +375,7 @@ fn contained(policy: &Path, prefix: &str) {
         let allowed = [
             "HOME",
             "HOSTNAME",
+            "LD_LIBRARY_PATH",
             "LANG",
             "MKL_NUM_THREADS",
             "MPLBACKEND",

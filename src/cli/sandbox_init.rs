@@ -27,6 +27,14 @@ pub struct SandboxInitArgs {
     /// read), where no descriptor can be passed in (gVisor).
     #[arg(long, value_name = "PATH", conflicts_with = "command_fd")]
     command_file: Option<PathBuf>,
+    /// Read the mount plan from this descriptor (JSON) and carry it out
+    /// first.
+    #[arg(long, value_name = "FD")]
+    plan_fd: Option<i32>,
+    /// Install the seccomp program in this descriptor once set up
+    /// (repeatable).
+    #[arg(long, value_name = "FD")]
+    seccomp_fd: Vec<i32>,
     /// The uid the command runs as.
     #[arg(long, requires = "gid")]
     uid: Option<u32>,
@@ -50,6 +58,8 @@ pub fn run(args: SandboxInitArgs) -> ExitCode {
         command_fd: args.command_fd,
         command_file: args.command_file,
         user: args.uid.zip(args.gid),
+        plan_fd: args.plan_fd,
+        seccomp_fds: args.seccomp_fd,
         command: args.command,
     };
     match run_init(config) {

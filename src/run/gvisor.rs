@@ -30,6 +30,7 @@ use super::init::{DockerInit, InitReport, REPORT_DIR, SANDBOX_BINARY};
 use super::limits::{Limits, NOFILE};
 use super::outcome::Execution;
 use super::output::OutputSink;
+use super::view::{EnvView, VENV_DIR};
 use super::{ExecRequest, RunError};
 use crate::egress::EgressSession;
 use crate::egress::session::SANDBOX_DIR;
@@ -341,7 +342,7 @@ fn set_modes(dir: &Path) -> Result<(), RunError> {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     req: &ExecRequest,
-    python: &Path,
+    view: &EnvView,
     mounts: &[Mount],
     uid: u32,
     egress: Option<&EgressSession>,
@@ -372,7 +373,9 @@ pub fn run(
     mounts.push(Mount::InitBinary(init.binary().to_path_buf()));
     mounts.push(Mount::InitReport(init.report_dir().to_path_buf()));
     let mut caps = vec!["CAP_SETUID", "CAP_SETGID"];
-    let mut env = Vec::new();
+    let mut env = view.environment.clone();
+    let python = view.python();
+    let python = python.as_path();
     // The command reaches the init in a file, so that no process's
     // arguments name the host paths of the interpreter.
     let args = match egress {
@@ -392,7 +395,7 @@ pub fn run(
                     destination: PathBuf::from(target),
                 });
             }
-            env = session.environment();
+            env.extend(session.environment());
             caps.extend(["CAP_NET_BIND_SERVICE", "CAP_SETPCAP"]);
             let mut command = session.relay_prefix(Some(uid));
             command.extend(super::drop_to_words(uid));
@@ -400,7 +403,13 @@ pub fn run(
             init.words_with_command_file(None, &command)?
         }
     };
-    prepare_rootfs(&bundle.path().join("rootfs"), &mounts)?;
+    let rootfs = bundle.path().join("rootfs");
+    prepare_rootfs(&rootfs, &mounts)?;
+    // The run's venv, in the read-only root itself: no mount to show.
+    let venv = rootfs.join(VENV_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&venv)
+        .and_then(|()| view.venv.write_into(&venv))
+        .map_err(|e| RunError::Io(format!("writing the run's venv: {e}")))?;
     let config = spec(req, args, &env, &mounts, uid, &caps);
     fs::write(
         bundle.path().join("config.json"),

@@ -30,6 +30,14 @@
 //! The command comes on the command line, or, locally, from a file
 //! descriptor (`--command-fd`), so that `/proc/1/cmdline` (readable by
 //! every process) holds no host path.
+//!
+//! Under bwrap the init also finishes the jail before it starts anything:
+//! it mounts the environment's view ([`super::view::MountPlan`], with
+//! `CAP_SYS_ADMIN` that it then drops from every set), detaches the
+//! staged binds and its own binary's (which it then runs as
+//! `/proc/self/exe`, for the egress relay), and installs the seccomp
+//! filter (`--seccomp-fd`), which refuses `mount` and so could not come
+//! first.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -39,7 +47,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rustix::thread::CapabilitySet;
+
 use super::RunError;
+use super::view::MountPlan;
 
 /// Where the `scriptbox` binary is bound read-only inside both sandboxes.
 pub const SANDBOX_BINARY: &str = "/run/scriptbox/scriptbox";
@@ -147,6 +158,10 @@ pub struct InitConfig {
     pub command_file: Option<PathBuf>,
     /// The uid and gid the child takes (no groups, no-new-privileges).
     pub user: Option<(u32, u32)>,
+    /// A descriptor to read the mount plan from (JSON), carried out first.
+    pub plan_fd: Option<i32>,
+    /// Descriptors holding seccomp programs, installed after the plan.
+    pub seccomp_fds: Vec<i32>,
     /// The command.
     pub command: Vec<OsString>,
 }
@@ -163,6 +178,18 @@ pub fn run_init(config: InitConfig) -> Result<i32, InitError> {
     // SAFETY: prctl with integer arguments changes only this process.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(os_err("prctl(PR_SET_DUMPABLE)"));
+    }
+    let binary_detached = match config.plan_fd {
+        Some(fd) => {
+            let plan = read_plan(fd)?;
+            plan.apply().map_err(InitError::Io)?;
+            drop_capability(CapabilitySet::SYS_ADMIN)?;
+            plan.detach.iter().any(|p| p == Path::new(SANDBOX_BINARY))
+        }
+        None => false,
+    };
+    for &fd in &config.seccomp_fds {
+        super::seccomp::install_from_fd(fd).map_err(|e| InitError::Io(e.to_string()))?;
     }
     let mut report: Box<dyn Write> = match &config.report {
         ReportTo::Fd(fd) => {
@@ -221,7 +248,15 @@ pub fn run_init(config: InitConfig) -> Result<i32, InitError> {
         }
         set
     };
-    let mut cmd = Command::new(program);
+    let mut cmd = if binary_detached && program == SANDBOX_BINARY {
+        // Its mount is gone (its host path showed in mountinfo); the
+        // init's own executable is the same binary.
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg0(program);
+        cmd
+    } else {
+        Command::new(program)
+    };
     cmd.args(args);
     if let Some((uid, gid)) = config.user {
         // The standard library drops the groups when it changes the uid
@@ -310,6 +345,39 @@ fn split_words(bytes: &[u8]) -> Vec<OsString> {
         .collect()
 }
 
+/// Reads the mount plan from an inherited descriptor (JSON).
+fn read_plan(fd: i32) -> Result<MountPlan, InitError> {
+    // SAFETY: the descriptor was handed to this process for this alone;
+    // reading it closes it.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| InitError::Io(format!("reading the mount plan: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| InitError::Io(format!("the mount plan: {e}")))
+}
+
+/// Drops `cap` from every capability set of this process: ambient,
+/// effective, permitted and inheritable, and the bounding set where the
+/// init may change it (without `CAP_SETPCAP` it stays there, harmless:
+/// no-new-privileges, set before anything is started, keeps an exec from
+/// regaining it).
+fn drop_capability(cap: CapabilitySet) -> Result<(), InitError> {
+    use rustix::thread::{
+        capabilities, configure_capability_in_ambient_set, remove_capability_from_bounding_set,
+        set_capabilities, set_no_new_privs,
+    };
+    let err = |what: &str, e: rustix::io::Errno| InitError::Io(format!("{what}: {e}"));
+    set_no_new_privs(true).map_err(|e| err("no-new-privileges", e))?;
+    let _ = configure_capability_in_ambient_set(cap, false);
+    let _ = remove_capability_from_bounding_set(cap);
+    let mut sets = capabilities(None).map_err(|e| err("reading capabilities", e))?;
+    sets.effective.remove(cap);
+    sets.permitted.remove(cap);
+    sets.inheritable.remove(cap);
+    set_capabilities(None, sets).map_err(|e| err("dropping a capability", e))
+}
+
 /// The local backend's side of the init: the report pipe and the file
 /// holding the command. The child must inherit [`LocalInit::child_fds`];
 /// after it started, [`LocalInit::started`] drops this side's write end so
@@ -318,12 +386,20 @@ pub struct LocalInit {
     read: File,
     write: Option<OwnedFd>,
     command: File,
+    plan: Option<File>,
+    seccomp_fds: Vec<i32>,
 }
 
 impl LocalInit {
-    /// Writes `words` (the command after the init: no NUL in any) to an
-    /// unlinked file and makes the report pipe; both close-on-exec here.
-    pub fn new(words: &[OsString]) -> Result<LocalInit, RunError> {
+    /// Writes `words` (the command after the init: no NUL in any) and
+    /// `plan` to unlinked files and makes the report pipe, all
+    /// close-on-exec here; `seccomp_fds` (inherited by the child, see
+    /// [`super::seccomp::Filters`]) go to the init to install.
+    pub fn new(
+        words: &[OsString],
+        plan: Option<&MountPlan>,
+        seccomp_fds: &[i32],
+    ) -> Result<LocalInit, RunError> {
         use std::os::unix::ffi::OsStrExt;
         let io = |what: &str, e: std::io::Error| RunError::Io(format!("{what}: {e}"));
         let mut command = tempfile::tempfile().map_err(|e| io("the init's command file", e))?;
@@ -336,6 +412,16 @@ impl LocalInit {
             .write_all(&bytes)
             .and_then(|()| command.rewind())
             .map_err(|e| io("writing the init's command", e))?;
+        let plan = match plan {
+            Some(plan) => {
+                let mut file = tempfile::tempfile().map_err(|e| io("the init's mount plan", e))?;
+                file.write_all(&serde_json::to_vec(plan).expect("a plan serialises"))
+                    .and_then(|()| file.rewind())
+                    .map_err(|e| io("writing the init's mount plan", e))?;
+                Some(file)
+            }
+            None => None,
+        };
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two descriptors into `fds`.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -350,13 +436,17 @@ impl LocalInit {
             read,
             write: Some(write),
             command,
+            plan,
+            seccomp_fds: seccomp_fds.to_vec(),
         })
     }
 
     /// The descriptors the sandbox's init inherits (the report's write
-    /// end, the command file).
+    /// end, the command and plan files; not the seccomp programs, which
+    /// their owner passes on).
     pub fn child_fds(&self) -> Vec<i32> {
         let mut fds = vec![self.command.as_raw_fd()];
+        fds.extend(self.plan.as_ref().map(AsRawFd::as_raw_fd));
         fds.extend(self.write.as_ref().map(AsRawFd::as_raw_fd));
         fds
     }
@@ -364,14 +454,21 @@ impl LocalInit {
     /// The words that start the init in the sandbox.
     pub fn words(&self) -> Vec<String> {
         let write = self.write.as_ref().map_or(-1, AsRawFd::as_raw_fd);
-        vec![
+        let mut words = vec![
             SANDBOX_BINARY.into(),
             "sandbox-init".into(),
             "--status-fd".into(),
             write.to_string(),
             "--command-fd".into(),
             self.command.as_raw_fd().to_string(),
-        ]
+        ];
+        if let Some(plan) = &self.plan {
+            words.extend(["--plan-fd".into(), plan.as_raw_fd().to_string()]);
+        }
+        for fd in &self.seccomp_fds {
+            words.extend(["--seccomp-fd".into(), fd.to_string()]);
+        }
+        words
     }
 
     /// Called once the sandbox has started: the init holds the only
@@ -425,10 +522,13 @@ impl InitReport for DockerInit {
 ///
 /// bwrap's options end at the first `--`: no value among them is `--`
 /// (they are paths, numbers, capability names and the run's environment).
+/// `plan` and `seccomp_fds` go to the init ([`LocalInit::new`]).
 pub fn local_jail(
     jail: Vec<String>,
     command: Vec<OsString>,
     binary: &Path,
+    plan: Option<&MountPlan>,
+    seccomp_fds: &[i32],
 ) -> Result<(Vec<String>, LocalInit), RunError> {
     let split = jail
         .iter()
@@ -436,7 +536,7 @@ pub fn local_jail(
         .ok_or_else(|| RunError::Io("the sandbox's arguments have no '--'".into()))?;
     let mut inner: Vec<OsString> = jail[split + 1..].iter().map(Into::into).collect();
     inner.extend(command);
-    let init = LocalInit::new(&inner)?;
+    let init = LocalInit::new(&inner, plan, seccomp_fds)?;
     let mut args = jail;
     args.truncate(split);
     args.extend([

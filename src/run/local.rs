@@ -1,18 +1,21 @@
 //! The local backend: the script runs under bubblewrap (`bwrap`) on the
 //! host, in the venv layers of its environment.
 //!
-//! The whole jail is set up here, in [`jail_args`] and [`pre_exec`]:
+//! The whole jail is set up here, in [`jail_args`] and [`pre_exec`], and
+//! finished by the init, in [`MountPlan::apply`]:
 //! - new pid, net, ipc, uts and cgroup namespaces and a new mount namespace
 //!   whose root is empty but for read-only binds of `/usr` (and the
-//!   merged-`/usr` links), the interpreter's prefix, the environment's
-//!   layers and a directory holding only the script; a fresh `/proc`, a
-//!   minimal `/dev`, and a size-limited tmpfs `/tmp`. No host home, no host
-//!   `/etc` beyond the loader cache and time zone;
+//!   merged-`/usr` links), and, at neutral paths ([`super::view`]), the
+//!   interpreter's prefix, the environment's layers, the run's venv and a
+//!   directory holding only the script; a fresh `/proc`, a minimal `/dev`,
+//!   and a size-limited tmpfs `/tmp`. No host home, no host `/etc` beyond
+//!   the loader cache and time zone;
 //! - a clean environment ([`Limits::environment`]);
 //! - a seccomp filter ([`super::seccomp`], data in `src/data/seccomp.json`)
-//!   that bwrap installs right before it executes the command, so it covers
-//!   `setpriv` and Python: namespaces, mounts, ptrace, keyrings, bpf,
-//!   io_uring, kernel modules and the like return EPERM;
+//!   that the init installs once it has mounted the view, before it starts
+//!   anything, so it covers `setpriv` and Python: namespaces, mounts,
+//!   ptrace, keyrings, bpf, io_uring, kernel modules and the like return
+//!   EPERM;
 //! - a uid and gid of its own for every run (never the host's root, even
 //!   when scriptbox runs as root; then bwrap sets up the namespaces with
 //!   root's rights and `setpriv` drops to that uid, clears groups, empties
@@ -40,7 +43,8 @@ use super::init::{Ended, InitReport};
 use super::limits::{Limits, NOFILE};
 use super::outcome::{Execution, Status, signal_name};
 use super::output::OutputSink;
-use super::seccomp::{self, Filters};
+use super::seccomp::Filters;
+use super::view::{EnvView, MountPlan, Tree};
 use super::{ExecRequest, RunError};
 use crate::egress::EgressSession;
 use crate::egress::session::SANDBOX_DIR;
@@ -84,45 +88,6 @@ pub fn find_bwrap() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The interpreter prefix a venv is based on (`home` in `pyvenv.cfg`, less
-/// its `bin`).
-fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
-    let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).map_err(|e| {
-        RunError::Environment(format!("{}: {e}", venv.join("pyvenv.cfg").display()))
-    })?;
-    let home = cfg
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == "home").then(|| PathBuf::from(v.trim()))
-        })
-        .ok_or_else(|| RunError::Environment(format!("{}: no 'home'", venv.display())))?;
-    let prefix = home.parent().map(Path::to_path_buf).unwrap_or(home);
-    // Bound read-only into the sandbox whole: it must be an interpreter's
-    // installation, never `/` or a home directory.
-    let is_install = prefix != Path::new("/")
-        && fs::read_dir(prefix.join("lib")).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("python3"))
-        });
-    if !is_install {
-        return Err(RunError::Environment(format!(
-            "{}: the venv's interpreter prefix {} does not look like a Python installation",
-            venv.display(),
-            prefix.display()
-        )));
-    }
-    Ok(prefix)
-}
-
-/// The venv directories of every layer, from their site-packages.
-fn layer_dirs(site_packages: &[PathBuf]) -> Vec<PathBuf> {
-    site_packages
-        .iter()
-        .filter_map(|s| s.ancestors().nth(3).map(Path::to_path_buf))
-        .collect()
-}
-
 /// `--perms 0755 --dir` for every ancestor of `path` not yet made, so the
 /// sandbox's uid can reach a bind whose host parents it could not
 /// (bwrap would otherwise copy the host's modes, such as `/root`'s 0700).
@@ -157,15 +122,12 @@ struct EgressJail<'a> {
 
 /// The bwrap arguments for one run, up to and including `--`, and with an
 /// egress allowlist, the relay's words that then become the command.
-#[allow(clippy::too_many_arguments)]
 fn jail_args(
     req: &ExecRequest,
-    script_dir: &Path,
-    binds: &[PathBuf],
-    hidden: &[PathBuf],
+    view: &EnvView,
+    script: &Tree,
     uid: u32,
     as_root: bool,
-    seccomp_fds: &[i32],
     egress: Option<&EgressJail>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -201,36 +163,25 @@ fn jail_args(
     push(&["--proc", "/proc", "--dev", "/dev"]);
     let tmp = req.limits.tmp.to_string();
     push(&["--size", &tmp, "--perms", "1777", "--tmpfs", "/tmp"]);
-    let mut made = Vec::new();
-    for bind in binds {
-        make_parents(bind, &mut made, &mut a);
-        let b = bind.display().to_string();
-        a.extend(["--ro-bind".into(), b.clone(), b]);
-    }
-    // The interpreter's own site-packages hold the host's packages: hide
-    // them under an empty read-only tmpfs, so that only the environment's
-    // layers can ever be imported.
-    for hidden in hidden {
-        let h = hidden.display().to_string();
-        a.extend(["--tmpfs".into(), h.clone(), "--remount-ro".into(), h]);
-    }
+    // Staged for the init, which mounts them at their neutral paths.
+    a.extend(MountPlan::staged_binds(view, std::slice::from_ref(script)));
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&[
-        "--ro-bind",
-        &script_dir.display().to_string(),
-        SCRIPT_DIR,
-        "--chdir",
-        "/tmp",
-        "--clearenv",
-    ]);
-    for (k, v) in req.limits.environment() {
+    push(&["--chdir", "/tmp", "--clearenv"]);
+    for (k, v) in req
+        .limits
+        .environment()
+        .into_iter()
+        .chain(view.environment.clone())
+    {
         push(&["--setenv", &k, &v]);
     }
     // The network's one way out: the relay beside the script, the host
     // proxy's socket in the session directory, and name lookups sent to
     // the relay's stub. Port 53 needs CAP_NET_BIND_SERVICE, which only the
     // relay uses (it drops it, and the script never gets it).
-    let mut caps = vec!["CAP_SETUID", "CAP_SETGID"];
+    // CAP_SYS_ADMIN is the init's, to mount the view; it drops it before
+    // it starts anything.
+    let mut caps = vec!["CAP_SETUID", "CAP_SETGID", "CAP_SYS_ADMIN"];
     if let Some(egress) = egress {
         let mut made = vec![PathBuf::from("/etc")];
         make_parents(&Path::new(SANDBOX_DIR).join("x"), &mut made, &mut a);
@@ -246,11 +197,6 @@ fn jail_args(
         caps.push("CAP_NET_BIND_SERVICE");
     }
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    // Installed last, after bwrap's own set-up: `setpriv` (setresuid,
-    // setgroups, capset, prctl) runs under it and needs none of it.
-    for fd in seccomp_fds {
-        push(&["--add-seccomp-fd", &fd.to_string()]);
-    }
     let id = uid.to_string();
     if as_root {
         push(&["--cap-add", &caps.join(","), "--"]);
@@ -261,10 +207,10 @@ fn jail_args(
     } else {
         push(&["--unshare-user", "--uid", &id, "--gid", &id]);
         if let Some(egress) = egress {
-            push(&["--cap-add", "CAP_NET_BIND_SERVICE", "--"]);
+            push(&["--cap-add", "CAP_SYS_ADMIN,CAP_NET_BIND_SERVICE", "--"]);
             a.extend(egress.session.relay_prefix(None));
         } else {
-            push(&["--"]);
+            push(&["--cap-add", "CAP_SYS_ADMIN", "--"]);
         }
     }
     a
@@ -326,8 +272,8 @@ pub fn run(
 ) -> Result<Execution, RunError> {
     let EnvLocation::Venv {
         path: venv,
-        python,
         site_packages,
+        ..
     } = &req.env.location
     else {
         return Err(RunError::Environment(
@@ -335,11 +281,10 @@ pub fn run(
         ));
     };
     if req.limits.isolation == Isolation::Gvisor {
-        return run_gvisor(req, venv, python, site_packages, cancel, sink);
+        return run_gvisor(req, venv, site_packages, cancel, sink);
     }
     let bwrap = find_bwrap().ok_or(RunError::NoBwrap)?;
-    // Always on: a bwrap that cannot load it fails the run.
-    seccomp::check_bwrap(&bwrap)?;
+    // Always on: the init installs it once it has mounted the view.
     let filters = Filters::new()?;
     // SAFETY: geteuid only reads this process's credentials.
     let as_root = unsafe { libc::geteuid() } == 0;
@@ -349,7 +294,11 @@ pub fn run(
     // The script alone, read-only, in a directory of its own.
     let script_dir = super::script_dir(req)?;
 
-    let (binds, hidden) = sandbox_paths(venv, site_packages)?;
+    let view = EnvView::new(venv, site_packages)?;
+    let script = Tree {
+        host: script_dir.path().to_path_buf(),
+        inside: PathBuf::from(SCRIPT_DIR),
+    };
     let cgroup = RunCgroup::create(&run_id.to_string(), &req.limits);
     let session = req
         .egress
@@ -357,21 +306,23 @@ pub fn run(
         .map(|config| EgressSession::start(config, true))
         .transpose()?;
     let egress = session.as_ref().map(|session| EgressJail { session });
-    let jail = jail_args(
-        req,
-        script_dir.path(),
-        &binds,
-        &hidden,
-        uid,
-        as_root,
-        &filters.fds(),
-        egress.as_ref(),
-    );
-    let mut command: Vec<std::ffi::OsString> = vec![python.into()];
+    let jail = jail_args(req, &view, &script, uid, as_root, egress.as_ref());
+    let mut command: Vec<std::ffi::OsString> = vec![view.python().into()];
     command.extend(["-I", "-u", "-B"].map(Into::into));
     command.push(format!("{SCRIPT_DIR}/{}", req.script_name).into());
     command.extend(req.args.iter().map(Into::into));
-    let (jail, mut init) = super::init::local_jail(jail, command, &super::sandbox_binary()?)?;
+    let plan = MountPlan::for_view(
+        &view,
+        std::slice::from_ref(&script),
+        &[PathBuf::from(super::init::SANDBOX_BINARY)],
+    );
+    let (jail, mut init) = super::init::local_jail(
+        jail,
+        command,
+        &super::sandbox_binary()?,
+        Some(&plan),
+        &filters.fds(),
+    )?;
     let mut cmd = Command::new(&bwrap);
     cmd.args(jail).env_clear();
     let mut inherited = filters.fds();
@@ -401,44 +352,28 @@ pub fn run(
     exec
 }
 
-/// What the sandbox binds read-only (the interpreter's prefix and the
-/// environment's layers) and what it hides under an empty tmpfs (the
-/// interpreter's own site-packages).
-fn sandbox_paths(
-    venv: &Path,
-    site_packages: &[PathBuf],
-) -> Result<(Vec<PathBuf>, Vec<PathBuf>), RunError> {
-    let prefix = interpreter_prefix(venv)?;
-    let hidden: Vec<PathBuf> = fs::read_dir(prefix.join("lib"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path().join("site-packages"))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut binds = vec![prefix];
-    binds.extend(layer_dirs(site_packages));
-    binds.retain(|b| !b.starts_with("/usr"));
-    Ok((binds, hidden))
-}
-
 /// The local run under gVisor ([`gvisor::run`]): the same binds, its own
 /// uid, supervised like a bwrap run but with the rlimits set inside gVisor
 /// (on runsc itself they would bind gVisor's own processes).
 fn run_gvisor(
     req: &ExecRequest,
     venv: &Path,
-    python: &Path,
     site_packages: &[PathBuf],
     cancel: &CancelToken,
     sink: &dyn OutputSink,
 ) -> Result<Execution, RunError> {
     let (uid, _uid_lock) = claim_uid(&req.state_dir, uuid::Uuid::new_v4().as_u128())?;
     let script_dir = super::script_dir(req)?;
-    let (binds, hidden) = sandbox_paths(venv, site_packages)?;
-    let mut mounts: Vec<gvisor::Mount> = binds.into_iter().map(gvisor::Mount::Bind).collect();
-    mounts.extend(hidden.into_iter().map(gvisor::Mount::Hidden));
+    let view = EnvView::new(venv, site_packages)?;
+    let mut mounts: Vec<gvisor::Mount> = view
+        .trees
+        .iter()
+        .map(|tree| gvisor::Mount::At {
+            source: tree.host.clone(),
+            destination: tree.inside.clone(),
+        })
+        .collect();
+    mounts.extend(view.hidden.iter().cloned().map(gvisor::Mount::Hidden));
     mounts.push(gvisor::Mount::Script(script_dir.path().to_path_buf()));
     // Descriptors do not cross a host Unix socket into gVisor: no handoff.
     let session = req
@@ -448,7 +383,7 @@ fn run_gvisor(
         .transpose()?;
     let exec = gvisor::run(
         req,
-        python,
+        &view,
         &mounts,
         uid,
         session.as_ref(),

@@ -20,6 +20,7 @@ pub mod local;
 pub mod outcome;
 pub mod output;
 pub mod seccomp;
+pub mod view;
 
 use std::path::PathBuf;
 

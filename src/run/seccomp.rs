@@ -1,8 +1,11 @@
 //! The local sandbox's seccomp filter: which system calls a script may not
 //! make, kept as data in `src/data/seccomp.json` (the JSON that
 //! firecracker's `seccompiler` reads), compiled to classic BPF once per
-//! process and handed to bubblewrap as open files (`--add-seccomp-fd`),
-//! which installs the programs right before it executes the command.
+//! process and handed to the sandbox's init as memory files
+//! (`sandbox-init --seccomp-fd`), which installs the programs once it has
+//! mounted the environment's view ([`super::view`]), before it starts
+//! anything: every process of the sandbox but the init's set-up runs
+//! under them.
 //!
 //! Refused calls return an error (EPERM, or ENOSYS for `clone3`) instead
 //! of killing the script, so that libraries which probe for a feature fall
@@ -18,13 +21,10 @@
 //! prefix also refuses x32 calls (numbers with bit 30 set), which the
 //! architecture check cannot tell apart.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 
 /// The filter, as seccompiler's JSON.
 const FILTER_JSON: &str = include_str!("../data/seccomp.json");
@@ -40,11 +40,6 @@ pub enum SeccompError {
         "the local sandbox's seccomp filter has no rules for the {0} architecture (seccompiler knows x86_64, aarch64 and riscv64); use --backend docker"
     )]
     Arch(String),
-    /// The installed bubblewrap cannot load seccomp programs from a file.
-    #[error(
-        "{0} does not support --add-seccomp-fd (bubblewrap 0.5 or newer is needed), so the local sandbox cannot apply its seccomp filter: upgrade bubblewrap or use --backend docker"
-    )]
-    Bwrap(String),
     /// Writing the programs for a run failed.
     #[error("seccomp filter: {0}")]
     Io(String),
@@ -137,30 +132,9 @@ fn programs() -> Result<&'static [Vec<u8>], SeccompError> {
         .map_err(Clone::clone)
 }
 
-/// Whether `bwrap` takes `--add-seccomp-fd`, asked once per process and
-/// binary.
-pub fn check_bwrap(bwrap: &Path) -> Result<(), SeccompError> {
-    static SUPPORTED: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
-    let mut known = SUPPORTED
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let supported = *known.entry(bwrap.to_path_buf()).or_insert_with(|| {
-        Command::new(bwrap)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--add-seccomp-fd"))
-    });
-    if supported {
-        Ok(())
-    } else {
-        Err(SeccompError::Bwrap(bwrap.display().to_string()))
-    }
-}
-
 /// One run's copies of the programs: memory files, close-on-exec here,
-/// whose numbers bwrap gets after [`Filters::pre_exec`] clears that flag
-/// in its child (so concurrent runs never inherit each other's).
+/// whose numbers the init gets after [`Filters::pre_exec`] clears that
+/// flag in bwrap's child (so concurrent runs never inherit each other's).
 pub struct Filters {
     files: Vec<File>,
 }
@@ -193,19 +167,18 @@ impl Filters {
                 file = File::from(unsafe { OwnedFd::from_raw_fd(dup) });
             }
             file.write_all(program).map_err(io)?;
-            // bwrap reads from the current offset, shared with this file.
             file.seek(SeekFrom::Start(0)).map_err(io)?;
             files.push(file);
         }
         Ok(Self { files })
     }
 
-    /// The descriptor numbers, for `--add-seccomp-fd`.
+    /// The descriptor numbers, for `sandbox-init --seccomp-fd`.
     pub fn fds(&self) -> Vec<i32> {
         self.files.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
-    /// Lets bwrap inherit `fds` (from [`Filters::fds`]); for a pre_exec
+    /// Lets bwrap (and the init it starts) inherit `fds` (from [`Filters::fds`]); for a pre_exec
     /// closure, so only async-signal-safe calls.
     pub fn pre_exec(fds: &[i32]) -> std::io::Result<()> {
         for &fd in fds {
@@ -217,6 +190,39 @@ impl Filters {
         }
         Ok(())
     }
+}
+
+/// Installs the program in the inherited memory file `fd` (one of
+/// [`Filters::fds`]) on this process and everything it starts, with
+/// no-new-privileges set (the kernel requires one or the other). The
+/// sandbox's init calls it once its set-up is done.
+pub fn install_from_fd(fd: i32) -> Result<(), SeccompError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| SeccompError::Io(format!("descriptor {fd}: {e}"));
+    // SAFETY: the descriptor was handed to this process for this alone;
+    // reading it closes it.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 {
+        return Err(SeccompError::Io(format!(
+            "descriptor {fd}: {} bytes, expected a whole number of 8-byte instructions",
+            bytes.len()
+        )));
+    }
+    let program: Vec<seccompiler::sock_filter> = bytes
+        .chunks_exact(8)
+        .map(|b| seccompiler::sock_filter {
+            code: u16::from_ne_bytes([b[0], b[1]]),
+            jt: b[2],
+            jf: b[3],
+            k: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        })
+        .collect();
+    seccompiler::apply_filter_all_threads(&program)
+        .map_err(|e| SeccompError::Io(format!("installing the filter: {e}")))
 }
 
 #[cfg(test)]
@@ -235,26 +241,6 @@ mod tests {
         // The x86_64-only names join the common list there alone.
         assert!(compile("x86_64").unwrap()[0].len() > compile("aarch64").unwrap()[0].len());
         assert!(matches!(compile("sparc"), Err(SeccompError::Arch(_))));
-    }
-
-    #[test]
-    fn a_bwrap_without_add_seccomp_fd_is_refused_by_name() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join("bwrap");
-        std::fs::write(
-            &old,
-            "#!/bin/sh\necho '    --seccomp FD   Load and use seccomp rules from FD'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = check_bwrap(&old).unwrap_err().to_string();
-        assert!(err.contains(&old.display().to_string()), "{err}");
-        assert!(err.contains("--add-seccomp-fd"), "{err}");
-        // The machine's own bubblewrap (the test set-up installs it) has it.
-        if Path::new("/usr/bin/bwrap").exists() {
-            check_bwrap(Path::new("/usr/bin/bwrap")).unwrap();
-        }
     }
 
     #[test]
