@@ -160,8 +160,30 @@ fn jail_args(
     for file in ["/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"] {
         push(&["--ro-bind-try", file, file]);
     }
-    push(&["--proc", "/proc", "--dev", "/dev"]);
     let tmp = req.limits.tmp.to_string();
+    push(&["--proc", "/proc"]);
+    if as_root {
+        push(&["--dev", "/dev"]);
+    } else {
+        // bwrap's `--dev` maps uid 0 in a first user namespace for its
+        // devpts and then puts the sandbox in a second one, whose init
+        // could not mount the view; so /dev is made here, the same but
+        // for devpts (no pseudo-terminals).
+        push(&["--size", &tmp, "--perms", "0755", "--tmpfs", "/dev"]);
+        for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let dev = format!("/dev/{dev}");
+            push(&["--dev-bind-try", &dev, &dev]);
+        }
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            push(&["--symlink", target, &format!("/dev/{link}")]);
+        }
+        push(&["--perms", "1777", "--dir", "/dev/shm"]);
+    }
     push(&["--size", &tmp, "--perms", "1777", "--tmpfs", "/tmp"]);
     // Staged for the init, which mounts them at their neutral paths.
     a.extend(MountPlan::staged_binds(view, std::slice::from_ref(script)));
