@@ -130,6 +130,82 @@ fn extra_packages_go_in_a_layer_over_the_base() {
     assert_eq!(build_layered(cache.path(), "pandas")["cache_hit"], true);
 }
 
+/// A two-layer environment in the local sandbox, under both isolations:
+/// the script imports from both layers at their neutral paths (pandas
+/// from the top layer, `/env/0`; numpy from the base, `/env/1`) and sees
+/// no host path of the cache or the interpreter.
+#[test]
+fn a_layered_environment_runs_in_the_sandbox_at_neutral_paths() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("both.py");
+    fs::write(
+        &script,
+        "import sys, numpy, pandas\n\
+         print(pandas.__file__)\n\
+         print(numpy.__file__)\n\
+         print(sys.executable)\n\
+         print(sys.path)\n\
+         print(open('/proc/self/mountinfo').read())\n",
+    )
+    .unwrap();
+    let text = fs::read_to_string(repo().join("tests/policies/layered.toml")).unwrap();
+    let gvisor = text.replace(
+        "[profiles.default]\n",
+        "[profiles.default]\nisolation = \"gvisor\"\n",
+    );
+    assert_ne!(gvisor, text);
+    fs::write(dir.path().join("gvisor.toml"), gvisor).unwrap();
+    fs::copy(
+        repo().join("tests/policies/layered.lock"),
+        dir.path().join("gvisor.lock"),
+    )
+    .unwrap();
+    let gvisor = dir.path().join("gvisor.toml").display().to_string();
+    let host_prefix = {
+        let out = Command::new(python())
+            .args(["-c", "import sys; print(sys.base_prefix)"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    for policy in ["tests/policies/layered.toml", gvisor.as_str()] {
+        let out = scriptbox(
+            cache.path(),
+            &[
+                "run",
+                "--format",
+                "json",
+                "--python",
+                &python(),
+                "--policy",
+                policy,
+            ],
+        )
+        .arg(&script)
+        .output()
+        .unwrap();
+        let r = json(&out);
+        assert_eq!(r["status"], "succeeded", "{policy}: {r}");
+        let stdout = r["stdout"].as_str().unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(
+            lines[0].starts_with("/env/0/lib/python3.11/site-packages/pandas/"),
+            "{policy}: {stdout}"
+        );
+        assert!(
+            lines[1].starts_with("/env/1/lib/python3.11/site-packages/numpy/"),
+            "{policy}: {stdout}"
+        );
+        assert_eq!(lines[2], "/venv/bin/python", "{policy}: {stdout}");
+        let cache_path = cache.path().display().to_string();
+        assert!(!stdout.contains(&cache_path), "{policy}: {stdout}");
+        if !host_prefix.starts_with("/usr") {
+            assert!(!stdout.contains(&host_prefix), "{policy}: {stdout}");
+        }
+    }
+}
+
 #[test]
 fn a_script_builds_its_allowed_dependencies() {
     let cache = tempfile::tempdir().unwrap();

@@ -16,7 +16,8 @@
 //!   (marked close-on-exec before it starts anything), and the init is
 //!   non-dumpable: no `/proc/1/fd`, no ptrace (the seccomp filter refuses
 //!   ptrace too); it runs as root with only `CAP_SETUID`/`CAP_SETGID`
-//!   when scriptbox runs as root (the script then has another uid), or as
+//!   (and `CAP_SYS_ADMIN` until the view is mounted, before anything else
+//!   runs) when scriptbox runs as root (the script then has another uid), or as
 //!   the script's uid in bwrap's user namespace, where pid 1 gets no
 //!   signal it does not ask for;
 //! - under Docker the report is a file in a host directory bound in, mode
