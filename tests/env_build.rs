@@ -162,13 +162,7 @@ fn a_layered_environment_runs_in_the_sandbox_at_neutral_paths() {
     )
     .unwrap();
     let gvisor = dir.path().join("gvisor.toml").display().to_string();
-    let host_prefix = {
-        let out = Command::new(python())
-            .args(["-c", "import sys; print(sys.base_prefix)"])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let host_prefix = support::python_prefix();
     for policy in ["tests/policies/layered.toml", gvisor.as_str()] {
         let out = scriptbox(
             cache.path(),

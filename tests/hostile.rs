@@ -79,16 +79,6 @@ fn directive(script: &Path, key: &str, tag: &str) -> Option<String> {
     find(format!("# {key}-{tag}: ")).or_else(|| find(format!("# {key}: ")))
 }
 
-/// The host interpreter's prefix (`sys.base_prefix`).
-fn host_prefix() -> String {
-    let out = Command::new(python())
-        .args(["-c", "import sys; print(sys.base_prefix)"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Processes on the host whose real uid is in the local backend's range.
 fn sandbox_processes() -> Vec<String> {
     let mut found = Vec::new();
@@ -193,7 +183,11 @@ fn contained(policy: &Path, prefix: &str) {
     let host_paths = tempfile::NamedTempFile::new().unwrap();
     fs::write(
         host_paths.path(),
-        format!("{}\n{}\n{BIN}\n", cache.path().display(), host_prefix()),
+        format!(
+            "{}\n{}\n{BIN}\n",
+            cache.path().display(),
+            support::python_prefix()
+        ),
     )
     .unwrap();
 

@@ -6,8 +6,10 @@
 //! set-up registers it, with gVisor's own network stack off:
 //! `--network=none`). Locally, [`run`] writes an OCI bundle from the same
 //! read-only binds the bwrap jail uses (`/usr`, the merged-`/usr` links,
-//! the interpreter prefix, the environment's layers, the script's directory
-//! at `/sandbox`, a size-limited `/tmp`, a clean environment) and starts
+//! the environment's view of [`super::view`]: the interpreter prefix at
+//! `/python`, the layers at `/env/N` and the run's venv, written into the
+//! bundle's root at `/venv`; the script's directory at `/sandbox`, a
+//! size-limited `/tmp`, a clean environment) and starts
 //! `runsc --network=none run` on it, as root.
 //!
 //! The limits are the profile's, split between the two kernels: memory and
@@ -97,8 +99,6 @@ pub fn docker_command_prefix(limits: &Limits) -> Vec<String> {
 /// One read-only bind or tmpfs of the local bundle, in mount order.
 #[derive(Debug, Clone)]
 pub enum Mount {
-    /// A host path at the same path inside, read-only.
-    Bind(PathBuf),
     /// An empty read-only tmpfs over a path (the interpreter's own
     /// site-packages).
     Hidden(PathBuf),
@@ -180,7 +180,6 @@ pub fn spec(
     }
     for mount in mounts {
         all.push(match mount {
-            Mount::Bind(path) => ro_bind(path, path),
             Mount::Hidden(path) => json!({
                 "destination": path, "type": "tmpfs", "source": "tmpfs",
                 "options": ["ro", "nosuid", "nodev", "mode=755", "size=4k"],
@@ -285,7 +284,7 @@ pub fn prepare_rootfs(root: &Path, mounts: &[Mount]) -> Result<(), RunError> {
     }
     for mount in mounts {
         match mount {
-            Mount::Bind(p) | Mount::Hidden(p) => points.push(p.clone()),
+            Mount::Hidden(p) => points.push(p.clone()),
             Mount::Script(_) => {}
             Mount::InitReport(_) => points.push(PathBuf::from(REPORT_DIR)),
             Mount::At {
@@ -499,21 +498,16 @@ mod tests {
     fn the_root_holds_a_mount_point_for_every_mount() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
-        let layer = PathBuf::from("/opt/scriptbox-test/layer");
         let mounts = vec![
-            Mount::Bind(layer.clone()),
+            Mount::At {
+                source: dir.path().to_path_buf(),
+                destination: PathBuf::from("/env/0"),
+            },
             Mount::Hidden(PathBuf::from("/usr/lib/python3/site-packages")),
             Mount::Script(dir.path().to_path_buf()),
         ];
         prepare_rootfs(&root, &mounts).unwrap();
-        for point in [
-            "proc",
-            "dev",
-            "tmp",
-            "usr",
-            "sandbox",
-            "opt/scriptbox-test/layer",
-        ] {
+        for point in ["proc", "dev", "tmp", "usr", "sandbox", "env/0"] {
             assert!(root.join(point).is_dir(), "{point}");
         }
         // Below /usr, the host's /usr provides the mount point.

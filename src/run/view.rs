@@ -297,7 +297,7 @@ fn venv_tree(
 
 /// The interpreter prefix a venv is based on (`home` in `pyvenv.cfg`, less
 /// its `bin`).
-pub fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
+fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
     let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).map_err(|e| {
         RunError::Environment(format!("{}: {e}", venv.join("pyvenv.cfg").display()))
     })?;

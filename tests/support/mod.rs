@@ -27,8 +27,19 @@ pub fn python_command() -> String {
 /// The real interpreter behind [`python_command`] (never a shim), whose
 /// minor version the test policies use.
 pub fn python() -> String {
+    python_says("sys.executable")
+}
+
+/// The test interpreter's installation prefix (`sys.base_prefix`), which
+/// the local sandboxes mount at a neutral path.
+pub fn python_prefix() -> String {
+    python_says("sys.base_prefix")
+}
+
+/// What the test interpreter prints for `expr` (of module `sys`).
+fn python_says(expr: &str) -> String {
     let out = Command::new(python_command())
-        .args(["-c", "import sys; print(sys.executable)"])
+        .args(["-c", &format!("import sys; print({expr})")])
         .output()
         .expect("python3 runs");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
