@@ -190,7 +190,8 @@ pub fn run_init(config: InitConfig) -> Result<i32, InitError> {
         None => false,
     };
     for &fd in &config.seccomp_fds {
-        super::seccomp::install_from_fd(fd).map_err(|e| InitError::Io(e.to_string()))?;
+        let program = read_inherited(fd, "a seccomp program")?;
+        super::seccomp::install(&program).map_err(|e| InitError::Io(e.to_string()))?;
     }
     let mut report: Box<dyn Write> = match &config.report {
         ReportTo::Fd(fd) => {
@@ -217,15 +218,7 @@ pub fn run_init(config: InitConfig) -> Result<i32, InitError> {
         }
     };
     let command = match config.command_fd {
-        Some(fd) => {
-            // SAFETY: as for the report descriptor; reading it closes it.
-            let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            let mut bytes = Vec::new();
-            file.rewind()
-                .and_then(|_| file.read_to_end(&mut bytes))
-                .map_err(|e| InitError::Io(format!("reading the command: {e}")))?;
-            split_words(&bytes)
-        }
+        Some(fd) => split_words(&read_inherited(fd, "the command")?),
         None => match &config.command_file {
             Some(path) => {
                 let bytes = std::fs::read(path)
@@ -346,16 +339,24 @@ fn split_words(bytes: &[u8]) -> Vec<OsString> {
         .collect()
 }
 
-/// Reads the mount plan from an inherited descriptor (JSON).
-fn read_plan(fd: i32) -> Result<MountPlan, InitError> {
+/// Reads a file handed to the init as an inherited descriptor (the
+/// command, the mount plan, a seccomp program) from its start, and
+/// closes it.
+fn read_inherited(fd: i32, what: &str) -> Result<Vec<u8>, InitError> {
     // SAFETY: the descriptor was handed to this process for this alone;
     // reading it closes it.
     let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let mut bytes = Vec::new();
     file.rewind()
         .and_then(|_| file.read_to_end(&mut bytes))
-        .map_err(|e| InitError::Io(format!("reading the mount plan: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| InitError::Io(format!("the mount plan: {e}")))
+        .map_err(|e| InitError::Io(format!("reading {what}: {e}")))?;
+    Ok(bytes)
+}
+
+/// Reads the mount plan (JSON) from an inherited descriptor.
+fn read_plan(fd: i32) -> Result<MountPlan, InitError> {
+    serde_json::from_slice(&read_inherited(fd, "the mount plan")?)
+        .map_err(|e| InitError::Io(format!("the mount plan: {e}")))
 }
 
 /// Drops `cap` from every capability set of this process: ambient,

@@ -192,23 +192,14 @@ impl Filters {
     }
 }
 
-/// Installs the program in the inherited memory file `fd` (one of
-/// [`Filters::fds`]) on this process and everything it starts, with
+/// Installs `bytes`, one of the programs [`Filters`] hands over (a
+/// `sock_filter` array), on this process and everything it starts, with
 /// no-new-privileges set (the kernel requires one or the other). The
 /// sandbox's init calls it once its set-up is done.
-pub fn install_from_fd(fd: i32) -> Result<(), SeccompError> {
-    use std::io::Read;
-    let io = |e: std::io::Error| SeccompError::Io(format!("descriptor {fd}: {e}"));
-    // SAFETY: the descriptor was handed to this process for this alone;
-    // reading it closes it.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut bytes = Vec::new();
-    file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_to_end(&mut bytes))
-        .map_err(io)?;
-    if bytes.is_empty() || bytes.len() % 8 != 0 {
+pub fn install(bytes: &[u8]) -> Result<(), SeccompError> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
         return Err(SeccompError::Io(format!(
-            "descriptor {fd}: {} bytes, expected a whole number of 8-byte instructions",
+            "{} bytes, expected a whole number of 8-byte instructions",
             bytes.len()
         )));
     }

@@ -132,7 +132,10 @@ impl EnvView {
     /// The view of the venv environment at `venv` whose layers' site-packages
     /// are `site_packages` (top first).
     pub fn new(venv: &Path, site_packages: &[PathBuf]) -> Result<EnvView, RunError> {
-        let prefix = interpreter_prefix(venv)?;
+        let cfg_path = venv.join("pyvenv.cfg");
+        let cfg = fs::read_to_string(&cfg_path)
+            .map_err(|e| RunError::Environment(format!("{}: {e}", cfg_path.display())))?;
+        let prefix = interpreter_prefix(venv, &cfg)?;
         let relocated = !prefix.starts_with("/usr");
         let python_inside = if relocated {
             PathBuf::from(PYTHON_DIR)
@@ -183,7 +186,7 @@ impl EnvView {
                     .collect()
             })
             .unwrap_or_default();
-        let venv_tree = venv_tree(venv, &prefix, &python_inside, &site_rel, &layers)?;
+        let venv_tree = venv_tree(venv, &cfg, &prefix, &python_inside, &site_rel, &layers)?;
         let mut environment = Vec::new();
         if relocated && has_libpython(&prefix) {
             // Its RUNPATH names the host prefix; the loader's path comes
@@ -221,6 +224,7 @@ fn has_libpython(prefix: &Path) -> bool {
 /// `.pth` file naming the layers.
 fn venv_tree(
     venv: &Path,
+    cfg: &str,
     prefix: &Path,
     python_inside: &Path,
     site_rel: &Path,
@@ -228,8 +232,6 @@ fn venv_tree(
 ) -> Result<VenvTree, RunError> {
     let env_err =
         |what: &Path, e: std::io::Error| RunError::Environment(format!("{}: {e}", what.display()));
-    let cfg_path = venv.join("pyvenv.cfg");
-    let cfg = fs::read_to_string(&cfg_path).map_err(|e| env_err(&cfg_path, e))?;
     let host_prefix = prefix.display().to_string();
     let mut text = format!("home = {}\n", python_inside.join("bin").display());
     for line in cfg.lines() {
@@ -295,12 +297,9 @@ fn venv_tree(
     Ok(VenvTree { entries })
 }
 
-/// The interpreter prefix a venv is based on (`home` in `pyvenv.cfg`, less
-/// its `bin`).
-fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
-    let cfg = fs::read_to_string(venv.join("pyvenv.cfg")).map_err(|e| {
-        RunError::Environment(format!("{}: {e}", venv.join("pyvenv.cfg").display()))
-    })?;
+/// The interpreter prefix a venv is based on (`home` in its `pyvenv.cfg`,
+/// `cfg`, less its `bin`).
+fn interpreter_prefix(venv: &Path, cfg: &str) -> Result<PathBuf, RunError> {
     let home = cfg
         .lines()
         .find_map(|l| {
@@ -331,6 +330,17 @@ fn interpreter_prefix(venv: &Path) -> Result<PathBuf, RunError> {
 /// one.
 pub const STAGE_DIR: &str = "/.stage";
 
+/// Every tree of `view`, then `extra`, with the stage path bwrap binds it
+/// at (`<STAGE_DIR>/<i>`): the one numbering [`MountPlan::for_view`] and
+/// [`MountPlan::staged_binds`] share.
+fn staged<'a>(view: &'a EnvView, extra: &'a [Tree]) -> impl Iterator<Item = (PathBuf, &'a Tree)> {
+    view.trees
+        .iter()
+        .chain(extra)
+        .enumerate()
+        .map(|(i, tree)| (Path::new(STAGE_DIR).join(i.to_string()), tree))
+}
+
 /// What the init of a bwrap sandbox mounts before it starts anything,
 /// with `CAP_SYS_ADMIN` it then drops (see the module's doc).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,12 +364,8 @@ impl MountPlan {
     /// view's (the script's directory), and `detach` to go at the end.
     pub fn for_view(view: &EnvView, extra: &[Tree], detach: &[PathBuf]) -> MountPlan {
         let stage = Path::new(STAGE_DIR);
-        let overlays: Vec<(PathBuf, PathBuf)> = view
-            .trees
-            .iter()
-            .chain(extra)
-            .enumerate()
-            .map(|(i, tree)| (stage.join(i.to_string()), tree.inside.clone()))
+        let overlays: Vec<(PathBuf, PathBuf)> = staged(view, extra)
+            .map(|(at, tree)| (at, tree.inside.clone()))
             .collect();
         let mut all_detached: Vec<PathBuf> = overlays.iter().map(|(s, _)| s.clone()).collect();
         all_detached.extend(detach.iter().cloned());
@@ -384,7 +390,7 @@ impl MountPlan {
         dir(stage, &mut args);
         dir(&stage.join("empty"), &mut args);
         dir(Path::new(VENV_DIR), &mut args);
-        for (i, tree) in view.trees.iter().chain(extra).enumerate() {
+        for (at, tree) in staged(view, extra) {
             if let Some(parent) = tree.inside.parent()
                 && parent != Path::new("/")
             {
@@ -394,7 +400,7 @@ impl MountPlan {
             args.extend([
                 "--ro-bind".into(),
                 tree.host.display().to_string(),
-                stage.join(i.to_string()).display().to_string(),
+                at.display().to_string(),
             ]);
         }
         args
